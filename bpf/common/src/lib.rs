@@ -1,0 +1,331 @@
+//! Types that cross the kernel/user boundary between bpfsight's eBPF programs and the collector.
+//!
+//! Everything here is plain `#[repr(C)]` data with explicit padding, so the kernel side
+//! (`bpf/ebpf`, built for `bpfel-unknown-none`) and the user side (`collector`, built with the
+//! `user` feature) agree on layout byte for byte. Map names are constants for the same reason.
+#![no_std]
+
+/// Length of a task's `comm` (kernel `TASK_COMM_LEN`).
+pub const COMM_LEN: usize = 16;
+
+/// `AF_INET`.
+pub const AF_INET: u16 = 2;
+/// `AF_INET6`.
+pub const AF_INET6: u16 = 10;
+
+/// Map names, shared so the loader never spells them differently from the programs.
+pub mod maps {
+    /// `LRU_HASH<u64 sock address, SockState>`: who owns each TCP socket we have seen.
+    pub const SOCKS: &str = "SOCKS";
+    /// `HASH<ListenKey, Owner>`: owner of each listening port, to attribute accepted sockets.
+    pub const LISTENERS: &str = "LISTENERS";
+    /// `PERCPU_HASH<ConnKey, ConnStats>`: the in-kernel aggregate, read every second.
+    pub const CONN_STATS: &str = "CONN_STATS";
+    /// `PERCPU_HASH<u64 sock address, SendStats>`: data sent per socket (the hot path keeps an
+    /// 8-byte key; user space attributes sockets to owners through `SOCKS`).
+    pub const SEND_STATS: &str = "SEND_STATS";
+    /// `RINGBUF` of [`TcpEvent`](super::TcpEvent): discrete events only.
+    pub const EVENTS: &str = "EVENTS";
+    /// `PERCPU_ARRAY<u64>` indexed by [`Counter`](super::Counter).
+    pub const COUNTERS: &str = "COUNTERS";
+    /// `PERCPU_ARRAY<u64>`: one slot per trivial baseline program (benchmarks only).
+    pub const BASELINE: &str = "BASELINE";
+}
+
+/// Program names as they appear in the object file, and the tracepoint each attaches to.
+pub mod programs {
+    /// `(program, category, tracepoint)` for every program the collector attaches.
+    pub const TCP: &[(&str, &str, &str)] = &[
+        ("inet_sock_set_state", "sock", "inet_sock_set_state"),
+        ("tcp_retransmit_skb", "tcp", "tcp_retransmit_skb"),
+        ("tcp_receive_reset", "tcp", "tcp_receive_reset"),
+        ("tcp_send_reset", "tcp", "tcp_send_reset"),
+        ("tcp_destroy_sock", "tcp", "tcp_destroy_sock"),
+        ("sock_send_length", "sock", "sock_send_length"),
+    ];
+    /// Trivial counting programs on the same hooks, used by the benchmark as a cost floor.
+    pub const BASELINE: &[(&str, &str, &str)] = &[
+        ("baseline_inet_sock_set_state", "sock", "inet_sock_set_state"),
+        ("baseline_tcp_retransmit_skb", "tcp", "tcp_retransmit_skb"),
+        ("baseline_tcp_receive_reset", "tcp", "tcp_receive_reset"),
+        ("baseline_tcp_send_reset", "tcp", "tcp_send_reset"),
+        ("baseline_tcp_destroy_sock", "tcp", "tcp_destroy_sock"),
+        ("baseline_sock_send_length", "sock", "sock_send_length"),
+    ];
+}
+
+/// The process that owns a socket (thread-group id and the task's `comm` when it was seen).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Owner {
+    /// Thread-group id (user-space pid). 0 when the owner is not known.
+    pub tgid: u32,
+    /// Explicit padding; always zero.
+    pub _pad: u32,
+    /// `comm` of the task, NUL padded.
+    pub comm: [u8; COMM_LEN],
+}
+
+impl Owner {
+    /// Owner of sockets bpfsight saw only in softirq context (created before it started).
+    pub const UNKNOWN: Owner = Owner { tgid: 0, _pad: 0, comm: *b"[unattributed]\0\0" };
+    /// Resets the kernel sends for packets that match no socket (e.g. SYN to a closed port).
+    pub const NO_SOCKET: Owner = Owner { tgid: 0, _pad: 0, comm: *b"[no-socket]\0\0\0\0\0" };
+}
+
+/// Bit flags of [`SockState::flags`].
+pub mod sock_flags {
+    /// The connection reached ESTABLISHED while we watched.
+    pub const ESTABLISHED: u32 = 1;
+    /// We opened it (connect), as opposed to accepting it.
+    pub const ACTIVE: u32 = 2;
+    /// The socket left ESTABLISHED for CLOSE; kept until `tcp_destroy_sock` for late resets.
+    pub const CLOSED: u32 = 4;
+}
+
+/// What the kernel side remembers about one socket, keyed by the `struct sock` address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SockState {
+    /// Process the socket is attributed to.
+    pub owner: Owner,
+    /// `AF_INET` or `AF_INET6`.
+    pub family: u16,
+    /// Remote port, host byte order; 0 for accepted connections, whose remote port is the
+    /// client's ephemeral one and would make every connection its own aggregation key.
+    pub peer_port: u16,
+    /// [`sock_flags`].
+    pub flags: u32,
+    /// Remote address; IPv4 in the first 4 bytes.
+    pub peer_addr: [u8; 16],
+    /// `bpf_ktime_get_ns` when the connection was established.
+    pub opened_ns: u64,
+}
+
+/// Key of a listening socket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ListenKey {
+    /// `AF_INET` or `AF_INET6`.
+    pub family: u16,
+    /// Local port, host byte order.
+    pub port: u16,
+}
+
+/// Aggregation key: one owner talking to one peer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConnKey {
+    /// Owner's thread-group id (0 for unattributed traffic).
+    pub tgid: u32,
+    /// `AF_INET` or `AF_INET6`.
+    pub family: u16,
+    /// Remote port, host byte order.
+    pub peer_port: u16,
+    /// Remote address; IPv4 in the first 4 bytes.
+    pub peer_addr: [u8; 16],
+    /// Owner's `comm`, part of the key so a recycled pid never merges two processes.
+    pub comm: [u8; COMM_LEN],
+}
+
+/// Cumulative counters for one [`ConnKey`], per CPU; user space sums CPUs and takes deltas.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnStats {
+    /// Connections we initiated that reached ESTABLISHED.
+    pub opened_active: u64,
+    /// Connections accepted from a listener that reached ESTABLISHED.
+    pub opened_passive: u64,
+    /// Established connections that closed.
+    pub closed: u64,
+    /// Sum of the lifetimes of closed connections, nanoseconds.
+    pub duration_ns: u64,
+    /// Connects that went SYN_SENT -> CLOSE (refused, timed out, unreachable).
+    pub failed_connects: u64,
+    /// RST segments sent.
+    pub resets_sent: u64,
+    /// RST segments received.
+    pub resets_received: u64,
+    /// Retransmitted segments.
+    pub retransmits: u64,
+}
+
+/// Data sent on one socket, per CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SendStats {
+    /// `sendmsg` calls that sent data.
+    pub sends: u64,
+    /// Bytes those calls sent.
+    pub bytes: u64,
+}
+
+/// Kind of a [`TcpEvent`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TcpEventKind {
+    /// A connect that never reached ESTABLISHED.
+    FailedConnect = 1,
+    /// The socket received a RST.
+    ResetReceived = 2,
+    /// The socket (or the kernel, for no socket) sent a RST.
+    ResetSent = 3,
+}
+
+impl TcpEventKind {
+    /// Decodes the wire value.
+    pub fn from_u32(v: u32) -> Option<Self> {
+        match v {
+            1 => Some(Self::FailedConnect),
+            2 => Some(Self::ResetReceived),
+            3 => Some(Self::ResetSent),
+            _ => None,
+        }
+    }
+}
+
+/// A discrete event, sent through the [`maps::EVENTS`] ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct TcpEvent {
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC).
+    pub ts_ns: u64,
+    /// [`TcpEventKind`] as u32.
+    pub kind: u32,
+    /// Owner.
+    pub owner: Owner,
+    /// `AF_INET` or `AF_INET6`.
+    pub family: u16,
+    /// Local port, host byte order.
+    pub local_port: u16,
+    /// Remote port, host byte order.
+    pub peer_port: u16,
+    /// Explicit padding.
+    pub _pad: u16,
+    /// Local address; IPv4 in the first 4 bytes.
+    pub local_addr: [u8; 16],
+    /// Remote address; IPv4 in the first 4 bytes.
+    pub peer_addr: [u8; 16],
+}
+
+/// Slots of the [`maps::COUNTERS`] per-CPU array: how much the kernel side had to drop.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// Events not written because the ring buffer was full.
+    RingbufDrops = 0,
+    /// Updates lost because `CONN_STATS` was full.
+    ConnStatsFull = 1,
+    /// Sockets not tracked because `SOCKS` insert failed.
+    SockInsertFailed = 2,
+    /// Sends not counted because `SEND_STATS` was full.
+    SendStatsFull = 3,
+}
+
+/// Number of [`Counter`] slots.
+pub const COUNTERS_LEN: u32 = 4;
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: all types are repr(C), Copy, with explicit padding and no invalid bit patterns.
+    unsafe impl aya::Pod for super::Owner {}
+    unsafe impl aya::Pod for super::SockState {}
+    unsafe impl aya::Pod for super::ListenKey {}
+    unsafe impl aya::Pod for super::ConnKey {}
+    unsafe impl aya::Pod for super::ConnStats {}
+    unsafe impl aya::Pod for super::SendStats {}
+    unsafe impl aya::Pod for super::TcpEvent {}
+}
+
+/// Field offsets in the tracepoint records the programs read (from
+/// `/sys/kernel/tracing/events/<category>/<name>/format`). The collector checks them against the
+/// running kernel before attaching and refuses, naming the field, if any moved.
+pub mod layout {
+    /// `(category, tracepoint, field, offset, size)`.
+    pub type Field = (&'static str, &'static str, &'static str, usize, usize);
+
+    /// `sock:inet_sock_set_state`.
+    pub mod inet_sock_set_state {
+        pub const SKADDR: usize = 8;
+        pub const OLDSTATE: usize = 16;
+        pub const NEWSTATE: usize = 20;
+        pub const SPORT: usize = 24;
+        pub const DPORT: usize = 26;
+        pub const FAMILY: usize = 28;
+        pub const PROTOCOL: usize = 30;
+        pub const SADDR: usize = 32;
+        pub const DADDR: usize = 36;
+        pub const SADDR_V6: usize = 40;
+        pub const DADDR_V6: usize = 56;
+    }
+    /// `tcp:tcp_retransmit_skb`.
+    pub mod tcp_retransmit_skb {
+        pub const SKADDR: usize = 16;
+        pub const SPORT: usize = 28;
+        pub const DPORT: usize = 30;
+        pub const FAMILY: usize = 32;
+        pub const DADDR: usize = 38;
+        pub const DADDR_V6: usize = 58;
+    }
+    /// `tcp:tcp_receive_reset` and `tcp:tcp_destroy_sock` (same leading layout).
+    pub mod tcp_receive_reset {
+        pub const SKADDR: usize = 8;
+        pub const SPORT: usize = 16;
+        pub const DPORT: usize = 18;
+        pub const FAMILY: usize = 20;
+        pub const SADDR: usize = 22;
+        pub const DADDR: usize = 26;
+        pub const SADDR_V6: usize = 30;
+        pub const DADDR_V6: usize = 46;
+    }
+    /// `tcp:tcp_send_reset`: addresses are `sockaddr_in` / `sockaddr_in6` (28 bytes).
+    pub mod tcp_send_reset {
+        pub const SKADDR: usize = 16;
+        pub const SADDR: usize = 32;
+        pub const DADDR: usize = 60;
+    }
+    /// `sock:sock_send_length`.
+    pub mod sock_send_length {
+        pub const SK: usize = 8;
+        pub const FAMILY: usize = 16;
+        pub const PROTOCOL: usize = 18;
+        pub const RET: usize = 20;
+    }
+
+    /// Every field the programs read, for the collector's check against the running kernel.
+    pub const FIELDS: &[Field] = &[
+        ("sock", "inet_sock_set_state", "skaddr", 8, 8),
+        ("sock", "inet_sock_set_state", "oldstate", 16, 4),
+        ("sock", "inet_sock_set_state", "newstate", 20, 4),
+        ("sock", "inet_sock_set_state", "sport", 24, 2),
+        ("sock", "inet_sock_set_state", "dport", 26, 2),
+        ("sock", "inet_sock_set_state", "family", 28, 2),
+        ("sock", "inet_sock_set_state", "protocol", 30, 2),
+        ("sock", "inet_sock_set_state", "saddr", 32, 4),
+        ("sock", "inet_sock_set_state", "daddr", 36, 4),
+        ("sock", "inet_sock_set_state", "saddr_v6", 40, 16),
+        ("sock", "inet_sock_set_state", "daddr_v6", 56, 16),
+        ("tcp", "tcp_retransmit_skb", "skaddr", 16, 8),
+        ("tcp", "tcp_retransmit_skb", "sport", 28, 2),
+        ("tcp", "tcp_retransmit_skb", "dport", 30, 2),
+        ("tcp", "tcp_retransmit_skb", "family", 32, 2),
+        ("tcp", "tcp_retransmit_skb", "daddr", 38, 4),
+        ("tcp", "tcp_retransmit_skb", "daddr_v6", 58, 16),
+        ("tcp", "tcp_receive_reset", "skaddr", 8, 8),
+        ("tcp", "tcp_receive_reset", "sport", 16, 2),
+        ("tcp", "tcp_receive_reset", "dport", 18, 2),
+        ("tcp", "tcp_receive_reset", "family", 20, 2),
+        ("tcp", "tcp_receive_reset", "saddr", 22, 4),
+        ("tcp", "tcp_receive_reset", "daddr", 26, 4),
+        ("tcp", "tcp_receive_reset", "saddr_v6", 30, 16),
+        ("tcp", "tcp_receive_reset", "daddr_v6", 46, 16),
+        ("tcp", "tcp_destroy_sock", "skaddr", 8, 8),
+        ("tcp", "tcp_send_reset", "skaddr", 16, 8),
+        ("tcp", "tcp_send_reset", "saddr", 32, 28),
+        ("tcp", "tcp_send_reset", "daddr", 60, 28),
+        ("sock", "sock_send_length", "sk", 8, 8),
+        ("sock", "sock_send_length", "family", 16, 2),
+        ("sock", "sock_send_length", "protocol", 18, 2),
+        ("sock", "sock_send_length", "ret", 20, 4),
+    ];
+}

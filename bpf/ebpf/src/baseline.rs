@@ -1,0 +1,45 @@
+//! Trivial counting programs on the same hooks as the real ones. The benchmark attaches them
+//! next to the real programs to measure the floor cost of a tracepoint program on this machine.
+
+use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+
+use crate::maps::BASELINE;
+
+#[inline(always)]
+fn tick(slot: u32) -> u32 {
+    if let Some(p) = BASELINE.get_ptr_mut(slot) {
+        // SAFETY: per-CPU slot.
+        unsafe { *p += 1 };
+    }
+    0
+}
+
+#[tracepoint]
+pub fn baseline_inet_sock_set_state(_ctx: TracePointContext) -> u32 {
+    tick(0)
+}
+
+#[tracepoint]
+pub fn baseline_tcp_retransmit_skb(_ctx: TracePointContext) -> u32 {
+    tick(1)
+}
+
+#[tracepoint]
+pub fn baseline_tcp_receive_reset(_ctx: TracePointContext) -> u32 {
+    tick(2)
+}
+
+#[tracepoint]
+pub fn baseline_tcp_send_reset(_ctx: TracePointContext) -> u32 {
+    tick(3)
+}
+
+#[tracepoint]
+pub fn baseline_tcp_destroy_sock(_ctx: TracePointContext) -> u32 {
+    tick(4)
+}
+
+#[tracepoint]
+pub fn baseline_sock_send_length(_ctx: TracePointContext) -> u32 {
+    tick(5)
+}

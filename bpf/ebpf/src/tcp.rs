@@ -1,0 +1,366 @@
+//! TCP connection health: opens, closes, failed connects, resets, retransmits and sends,
+//! attributed to the process that owns the socket.
+//!
+//! Most of these tracepoints fire in softirq context, where `current` is whichever task the
+//! CPU happened to be running. Attribution therefore goes through `SOCKS`, filled in process
+//! context (connect, listen, first send) and from `LISTENERS` for accepted connections.
+//!
+//! Cost matters: record fields are read with plain loads from the context (the verifier
+//! bounds-checks them), never with `bpf_probe_read_kernel`, and the per-send path touches one
+//! per-CPU map with an 8-byte key.
+
+use aya_ebpf::{
+    EbpfContext,
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use bpfsight_common::{
+    AF_INET, AF_INET6, ConnKey, Counter, ListenKey, Owner, SendStats, SockState, TcpEvent, TcpEventKind,
+    layout, sock_flags,
+};
+
+use crate::maps::{EVENTS, LISTENERS, SEND_STATS, SOCKS, bump, count};
+
+const TCP_ESTABLISHED: i32 = 1;
+const TCP_SYN_SENT: i32 = 2;
+const TCP_SYN_RECV: i32 = 3;
+const TCP_CLOSE: i32 = 7;
+const TCP_LISTEN: i32 = 10;
+const IPPROTO_TCP: u16 = 6;
+
+/// Loads a scalar record field. Offsets are constants checked against the running kernel's
+/// format files before attach. Volatile keeps each load a single `ctx + constant` access of
+/// the field's width, the only form the verifier accepts for context reads.
+#[inline(always)]
+fn at<T: Copy>(ctx: &TracePointContext, off: usize) -> T {
+    let p = unsafe { (ctx.as_ptr() as *const u8).add(off) } as *const T;
+    // SAFETY: inside the tracepoint record.
+    unsafe { p.read_volatile() }
+}
+
+/// Copies a byte array out of the record. LLVM lowers array copies to a moving pointer,
+/// which the verifier refuses on the context, so arrays go through the probe-read helper.
+#[inline(always)]
+fn bytes<const N: usize>(ctx: &TracePointContext, off: usize) -> [u8; N] {
+    // SAFETY: inside the tracepoint record; failure leaves zeros.
+    unsafe { ctx.read_at::<[u8; N]>(off) }.unwrap_or([0; N])
+}
+
+/// The task running now, valid only in process context.
+#[inline(always)]
+fn current_owner() -> Owner {
+    Owner {
+        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        _pad: 0,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    }
+}
+
+#[inline(always)]
+fn now_ns() -> u64 {
+    // SAFETY: helper without preconditions.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// Reads the address for `family` from the v4 or the v6 field.
+#[inline(always)]
+fn addr(ctx: &TracePointContext, family: u16, v4: usize, v6: usize) -> [u8; 16] {
+    if family == AF_INET6 {
+        bytes::<16>(ctx, v6)
+    } else {
+        let mut out = [0u8; 16];
+        out[..4].copy_from_slice(&bytes::<4>(ctx, v4));
+        out
+    }
+}
+
+#[inline(always)]
+fn key_for(owner: &Owner, family: u16, peer_port: u16, peer_addr: [u8; 16]) -> ConnKey {
+    ConnKey { tgid: owner.tgid, family, peer_port, peer_addr, comm: owner.comm }
+}
+
+/// The aggregation key of a socket event: the tracked socket's owner and peer, or, for a
+/// socket we never saw, `[unattributed]` with the peer from the record.
+#[inline(always)]
+fn sock_key(skaddr: u64, family: u16, dport: u16, daddr: impl FnOnce() -> [u8; 16]) -> (ConnKey, Owner) {
+    // SAFETY: read-only lookup, copied out.
+    match unsafe { SOCKS.get(&skaddr) } {
+        Some(s) => (key_for(&s.owner, s.family, s.peer_port, s.peer_addr), s.owner),
+        None => (key_for(&Owner::UNKNOWN, family, dport, daddr()), Owner::UNKNOWN),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn emit(
+    kind: TcpEventKind,
+    owner: Owner,
+    family: u16,
+    local_port: u16,
+    peer_port: u16,
+    local_addr: [u8; 16],
+    peer_addr: [u8; 16],
+) {
+    match EVENTS.reserve::<TcpEvent>(0) {
+        Some(mut slot) => {
+            slot.write(TcpEvent {
+                ts_ns: now_ns(),
+                kind: kind as u32,
+                owner,
+                family,
+                local_port,
+                peer_port,
+                _pad: 0,
+                local_addr,
+                peer_addr,
+            });
+            slot.submit(0);
+        }
+        None => count(Counter::RingbufDrops),
+    }
+}
+
+#[tracepoint]
+pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    use layout::inet_sock_set_state as f;
+    if at::<u16>(&ctx, f::PROTOCOL) != IPPROTO_TCP {
+        return 0;
+    }
+    let skaddr: u64 = at(&ctx, f::SKADDR);
+    let old: i32 = at(&ctx, f::OLDSTATE);
+    let new: i32 = at(&ctx, f::NEWSTATE);
+    let family: u16 = at(&ctx, f::FAMILY);
+    let sport: u16 = at(&ctx, f::SPORT);
+
+    match (old, new) {
+        // connect(): process context, `current` is the owner.
+        (TCP_CLOSE, TCP_SYN_SENT) => {
+            let st = SockState {
+                owner: current_owner(),
+                family,
+                peer_port: at(&ctx, f::DPORT),
+                flags: sock_flags::ACTIVE,
+                peer_addr: addr(&ctx, family, f::DADDR, f::DADDR_V6),
+                opened_ns: 0,
+            };
+            if SOCKS.insert(&skaddr, &st, 0).is_err() {
+                count(Counter::SockInsertFailed);
+            }
+        }
+        // listen(): process context.
+        (_, TCP_LISTEN) => {
+            let _ = LISTENERS.insert(&ListenKey { family, port: sport }, &current_owner(), 0);
+        }
+        (TCP_LISTEN, TCP_CLOSE) => {
+            let _ = LISTENERS.remove(&ListenKey { family, port: sport });
+        }
+        (TCP_SYN_SENT, TCP_ESTABLISHED) => {
+            if let Some(st) = SOCKS.get_ptr_mut(&skaddr) {
+                // SAFETY: map value pointer, valid for this program run.
+                let st = unsafe { &mut *st };
+                st.flags |= sock_flags::ESTABLISHED;
+                st.opened_ns = now_ns();
+                bump(&key_for(&st.owner, st.family, st.peer_port, st.peer_addr), |s| s.opened_active += 1);
+            }
+        }
+        (TCP_SYN_RECV, TCP_ESTABLISHED) => {
+            // SAFETY: read-only lookup copied out.
+            let owner = match unsafe { LISTENERS.get(&ListenKey { family, port: sport }) } {
+                Some(o) => *o,
+                None => Owner::UNKNOWN,
+            };
+            let st = SockState {
+                owner,
+                family,
+                peer_port: 0,
+                flags: sock_flags::ESTABLISHED,
+                peer_addr: addr(&ctx, family, f::DADDR, f::DADDR_V6),
+                opened_ns: now_ns(),
+            };
+            if SOCKS.insert(&skaddr, &st, 0).is_err() {
+                count(Counter::SockInsertFailed);
+            }
+            bump(&key_for(&owner, family, 0, st.peer_addr), |s| s.opened_passive += 1);
+        }
+        (TCP_SYN_SENT, TCP_CLOSE) => {
+            let dport: u16 = at(&ctx, f::DPORT);
+            let (key, owner) = sock_key(skaddr, family, dport, || addr(&ctx, family, f::DADDR, f::DADDR_V6));
+            bump(&key, |s| s.failed_connects += 1);
+            let local = addr(&ctx, family, f::SADDR, f::SADDR_V6);
+            emit(TcpEventKind::FailedConnect, owner, family, sport, dport, local, key.peer_addr);
+            let _ = SOCKS.remove(&skaddr);
+        }
+        (_, TCP_CLOSE) => {
+            if let Some(st) = SOCKS.get_ptr_mut(&skaddr) {
+                // SAFETY: map value pointer, valid for this program run.
+                let st = unsafe { &mut *st };
+                // Only connections whose open we counted are counted closed, so that
+                // opened - closed is exactly the number still established.
+                if st.flags & sock_flags::ESTABLISHED != 0
+                    && st.flags & sock_flags::CLOSED == 0
+                    && st.opened_ns != 0
+                {
+                    st.flags |= sock_flags::CLOSED;
+                    let lived = now_ns().saturating_sub(st.opened_ns);
+                    bump(&key_for(&st.owner, st.family, st.peer_port, st.peer_addr), |s| {
+                        s.closed += 1;
+                        s.duration_ns += lived;
+                    });
+                }
+                // Kept until tcp_destroy_sock: an abortive close sends its RST after this.
+            }
+        }
+        _ => {}
+    }
+    0
+}
+
+#[tracepoint]
+pub fn tcp_destroy_sock(ctx: TracePointContext) -> u32 {
+    let skaddr: u64 = at(&ctx, layout::tcp_receive_reset::SKADDR);
+    let _ = SOCKS.remove(&skaddr);
+    // SEND_STATS is left for user space, which reads the final counts before deleting it.
+    0
+}
+
+#[tracepoint]
+pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
+    use layout::tcp_retransmit_skb as f;
+    let skaddr: u64 = at(&ctx, f::SKADDR);
+    let family: u16 = at(&ctx, f::FAMILY);
+    let (key, _) = sock_key(skaddr, family, at(&ctx, f::DPORT), || addr(&ctx, family, f::DADDR, f::DADDR_V6));
+    bump(&key, |s| s.retransmits += 1);
+    0
+}
+
+#[tracepoint]
+pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
+    use layout::tcp_receive_reset as f;
+    let skaddr: u64 = at(&ctx, f::SKADDR);
+    let family: u16 = at(&ctx, f::FAMILY);
+    let sport: u16 = at(&ctx, f::SPORT);
+    let dport: u16 = at(&ctx, f::DPORT);
+    let peer = addr(&ctx, family, f::DADDR, f::DADDR_V6);
+    let (key, owner) = sock_key(skaddr, family, dport, || peer);
+    bump(&key, |s| s.resets_received += 1);
+    emit(
+        TcpEventKind::ResetReceived,
+        owner,
+        family,
+        sport,
+        dport,
+        addr(&ctx, family, f::SADDR, f::SADDR_V6),
+        peer,
+    );
+    0
+}
+
+/// Decodes a `sockaddr_in`/`sockaddr_in6` copied into the record: (family, port, address).
+#[inline(always)]
+fn sockaddr(ctx: &TracePointContext, off: usize) -> (u16, u16, [u8; 16]) {
+    let family: u16 = at(ctx, off);
+    let port = u16::from_be(at::<u16>(ctx, off + 2));
+    let addr = if family == AF_INET6 {
+        bytes::<16>(ctx, off + 8)
+    } else {
+        let mut a = [0u8; 16];
+        a[..4].copy_from_slice(&bytes::<4>(ctx, off + 4));
+        a
+    };
+    (family, port, addr)
+}
+
+#[tracepoint]
+pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
+    use layout::tcp_send_reset as f;
+    let skaddr: u64 = at(&ctx, f::SKADDR);
+    let (family, sport, local) = sockaddr(&ctx, f::SADDR);
+    let (_, dport, peer) = sockaddr(&ctx, f::DADDR);
+    let (key, owner) = if skaddr == 0 {
+        // No socket: the peer's port is whatever ephemeral port it used; keep only its address.
+        (key_for(&Owner::NO_SOCKET, family, 0, peer), Owner::NO_SOCKET)
+    } else {
+        sock_key(skaddr, family, dport, || peer)
+    };
+    bump(&key, |s| s.resets_sent += 1);
+    emit(TcpEventKind::ResetSent, owner, family, sport, dport, local, peer);
+    0
+}
+
+/// `struct sock_common` prefix: `skc_daddr` at 0, `skc_dport` (network order) at 12, `skc_num`
+/// (local port, host order) at 14. This part of the layout has not moved in two decades,
+/// unlike the IPv6 fields further in.
+const SKC_DADDR: usize = 0;
+const SKC_DPORT: usize = 12;
+const SKC_NUM: usize = 14;
+
+#[tracepoint]
+pub fn sock_send_length(ctx: TracePointContext) -> u32 {
+    use layout::sock_send_length as f;
+    if at::<u16>(&ctx, f::PROTOCOL) != IPPROTO_TCP {
+        return 0;
+    }
+    let ret: i32 = at(&ctx, f::RET);
+    if ret <= 0 {
+        return 0;
+    }
+    let sk: u64 = at(&ctx, f::SK);
+    if let Some(v) = SEND_STATS.get_ptr_mut(&sk) {
+        // SAFETY: per-CPU value, only this CPU writes it.
+        let v = unsafe { &mut *v };
+        v.sends += 1;
+        v.bytes += ret as u64;
+        return 0;
+    }
+    // First send of this socket on this CPU: the slow path.
+    let first = SendStats { sends: 1, bytes: ret as u64 };
+    if SEND_STATS.insert(&sk, &first, 0).is_err() {
+        count(Counter::SendStatsFull);
+    }
+    // SAFETY: read-only presence check.
+    if unsafe { SOCKS.get(&sk) }.is_none() {
+        learn_owner(sk, at(&ctx, f::FAMILY));
+    }
+    0
+}
+
+/// A socket from before bpfsight started, seen sending in process context: remember its
+/// owner so that its retransmits and resets are attributed too.
+#[inline(never)]
+fn learn_owner(sk: u64, family: u16) {
+    if family != AF_INET && family != AF_INET6 {
+        return;
+    }
+    let mut peer_addr = [0u8; 16];
+    let mut peer_port = 0u16;
+    if family == AF_INET {
+        // SAFETY: probe reads of kernel memory; failure leaves zeros.
+        if let Ok(a) = unsafe { bpf_probe_read_kernel((sk as usize + SKC_DADDR) as *const [u8; 4]) } {
+            peer_addr[..4].copy_from_slice(&a);
+        }
+        if let Ok(p) = unsafe { bpf_probe_read_kernel((sk as usize + SKC_DPORT) as *const u16) } {
+            peer_port = u16::from_be(p);
+        }
+    }
+    // An accepted connection (its local port is a listener's): the remote port is ephemeral.
+    // SAFETY: probe read of kernel memory.
+    if let Ok(local) = unsafe { bpf_probe_read_kernel((sk as usize + SKC_NUM) as *const u16) } {
+        // SAFETY: read-only presence check.
+        if unsafe { LISTENERS.get(&ListenKey { family, port: local }) }.is_some() {
+            peer_port = 0;
+        }
+    }
+    let st = SockState {
+        owner: current_owner(),
+        family,
+        peer_port,
+        flags: sock_flags::ESTABLISHED,
+        peer_addr,
+        // Open not seen: neither its close nor its duration is counted.
+        opened_ns: 0,
+    };
+    if SOCKS.insert(&sk, &st, 0).is_err() {
+        count(Counter::SockInsertFailed);
+    }
+}

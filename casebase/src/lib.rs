@@ -1,0 +1,1 @@
+//! Incident memory for bpfsight (issue 5 fills this crate).

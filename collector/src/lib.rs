@@ -1,0 +1,36 @@
+//! The collector: loads bpfsight's eBPF programs, turns their in-kernel aggregates into
+//! per-service time series at one-second resolution, and answers typed queries over them.
+//!
+//! ```no_run
+//! use bpfsight_collector::{Collector, CollectorConfig, Window};
+//!
+//! let collector = Collector::start(CollectorConfig::default())?;
+//! std::thread::sleep(std::time::Duration::from_secs(2));
+//! let store = collector.store().read().unwrap();
+//! let report = store.connection_stats(&Default::default()).expect("default query is valid");
+//! println!("{} services with TCP activity in the last {}", report.total, Window::DEFAULT);
+//! # Ok::<(), bpfsight_collector::CollectorError>(())
+//! ```
+//!
+//! Layout: [`kernel`] prepares the machine (mounts, privileges, tracepoint layouts),
+//! [`loader`] loads and attaches the programs and reads their maps, [`store`] keeps bounded
+//! history, [`query`] computes the answers the MCP tools return.
+
+pub mod collector;
+pub mod error;
+pub mod kernel;
+pub mod loader;
+pub mod procs;
+pub mod query;
+pub mod service;
+pub mod store;
+pub mod tcp;
+pub mod window;
+
+/// The kernel/user shared types, for callers that need program or map names.
+pub use bpfsight_common as common;
+pub use collector::{Collector, CollectorConfig};
+pub use error::CollectorError;
+pub use service::ServiceId;
+pub use store::Store;
+pub use window::Window;

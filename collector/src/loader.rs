@@ -1,0 +1,187 @@
+//! Loads the committed BPF object, attaches its programs and reads their maps.
+//!
+//! The object is built from `bpf/ebpf` by `cargo xtask build-bpf` and committed at
+//! `bpf/bpfsight.bpf.o`, so a stable `cargo build` needs no BPF toolchain.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use aya::Ebpf;
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
+use aya::programs::TracePoint;
+use bpfsight_common::{ConnKey, ConnStats, Counter, SendStats, SockState, TcpEvent, maps, programs};
+
+use crate::error::CollectorError;
+
+/// The compiled eBPF object (all programs, including the benchmark's baselines).
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!("../../bpf/bpfsight.bpf.o");
+
+/// Drop and overflow counters kept by the kernel side.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelCounters {
+    /// Events lost because the ring buffer was full.
+    pub ringbuf_drops: u64,
+    /// Updates lost because the aggregate map was full.
+    pub conn_stats_full: u64,
+    /// Sockets that could not be tracked.
+    pub sock_insert_failed: u64,
+    /// Sends not counted because the per-socket send map was full.
+    pub send_stats_full: u64,
+}
+
+/// Cost of one attached program, from the kernel's BPF statistics.
+#[derive(Clone, Debug)]
+pub struct ProgramStats {
+    /// Program name.
+    pub name: String,
+    /// Total run time (only counted while `kernel.bpf_stats_enabled` is on).
+    pub run_time: Duration,
+    /// Number of runs.
+    pub run_count: u64,
+}
+
+/// Turns on the kernel's per-program run-time statistics (`kernel.bpf_stats_enabled`) for as
+/// long as the returned descriptor is open.
+pub fn enable_bpf_stats() -> Result<std::os::fd::OwnedFd, CollectorError> {
+    aya::sys::enable_stats(aya::sys::Stats::RunTime).map_err(|e| CollectorError::load("BPF statistics", e))
+}
+
+/// The loaded and attached programs with their maps.
+pub struct Programs {
+    ebpf: Ebpf,
+    conn_stats: PerCpuHashMap<MapData, ConnKey, ConnStats>,
+    send_stats: PerCpuHashMap<MapData, u64, SendStats>,
+    socks: BpfHashMap<MapData, u64, SockState>,
+    events: RingBuf<MapData>,
+    counters: PerCpuArray<MapData, u64>,
+}
+
+impl Programs {
+    /// Loads the object and attaches the TCP programs (and, with `baseline`, the trivial
+    /// counting programs on the same hooks, for benchmarks).
+    pub fn load(baseline: bool) -> Result<Self, CollectorError> {
+        let mut ebpf = Ebpf::load(OBJECT).map_err(|e| CollectorError::load("object", e))?;
+        let mut wanted: Vec<(&str, &str, &str)> = programs::TCP.to_vec();
+        if baseline {
+            wanted.extend_from_slice(programs::BASELINE);
+        }
+        for (prog, cat, tp) in wanted {
+            let p: &mut TracePoint = ebpf
+                .program_mut(prog)
+                .ok_or_else(|| CollectorError::Unsupported {
+                    what: format!("program {prog}"),
+                    hint: "the embedded BPF object is stale; rebuild with `cargo xtask build-bpf`".into(),
+                })?
+                .try_into()
+                .map_err(|e| CollectorError::load(format!("program {prog}"), e))?;
+            p.load().map_err(|e| CollectorError::load(format!("program {prog}"), e))?;
+            p.attach(cat, tp).map_err(|e| CollectorError::load(format!("attach {prog} to {cat}:{tp}"), e))?;
+            tracing::debug!(prog, cat, tp, "attached");
+        }
+        let take = |ebpf: &mut Ebpf, name: &str| {
+            ebpf.take_map(name).ok_or_else(|| CollectorError::Unsupported {
+                what: format!("map {name}"),
+                hint: "the embedded BPF object is stale; rebuild with `cargo xtask build-bpf`".into(),
+            })
+        };
+        let conn_stats = PerCpuHashMap::try_from(take(&mut ebpf, maps::CONN_STATS)?)
+            .map_err(|e| CollectorError::load("map CONN_STATS", e))?;
+        let send_stats = PerCpuHashMap::try_from(take(&mut ebpf, maps::SEND_STATS)?)
+            .map_err(|e| CollectorError::load("map SEND_STATS", e))?;
+        let socks = BpfHashMap::try_from(take(&mut ebpf, maps::SOCKS)?)
+            .map_err(|e| CollectorError::load("map SOCKS", e))?;
+        let events = RingBuf::try_from(take(&mut ebpf, maps::EVENTS)?)
+            .map_err(|e| CollectorError::load("map EVENTS", e))?;
+        let counters = PerCpuArray::try_from(take(&mut ebpf, maps::COUNTERS)?)
+            .map_err(|e| CollectorError::load("map COUNTERS", e))?;
+        Ok(Programs { ebpf, conn_stats, send_stats, socks, events, counters })
+    }
+
+    /// Cumulative counters per key, summed over CPUs.
+    pub fn read_conn_stats(&self) -> HashMap<ConnKey, ConnStats> {
+        let mut out = HashMap::new();
+        for item in self.conn_stats.iter() {
+            let Ok((k, per_cpu)) = item else { continue };
+            let mut sum = ConnStats::default();
+            for v in per_cpu.iter() {
+                sum.opened_active += v.opened_active;
+                sum.opened_passive += v.opened_passive;
+                sum.closed += v.closed;
+                sum.duration_ns += v.duration_ns;
+                sum.failed_connects += v.failed_connects;
+                sum.resets_sent += v.resets_sent;
+                sum.resets_received += v.resets_received;
+                sum.retransmits += v.retransmits;
+            }
+            out.insert(k, sum);
+        }
+        out
+    }
+
+    /// Cumulative send counters per socket address, summed over CPUs.
+    pub fn read_send_stats(&self) -> HashMap<u64, SendStats> {
+        let mut out = HashMap::new();
+        for item in self.send_stats.iter() {
+            let Ok((sk, per_cpu)) = item else { continue };
+            let mut sum = SendStats::default();
+            for v in per_cpu.iter() {
+                sum.sends += v.sends;
+                sum.bytes += v.bytes;
+            }
+            out.insert(sk, sum);
+        }
+        out
+    }
+
+    /// What the kernel side knows of a socket (owner, peer), if it still exists.
+    pub fn socket(&self, sk: u64) -> Option<SockState> {
+        self.socks.get(&sk, 0).ok()
+    }
+
+    /// Deletes a destroyed socket's send counters (their final values were read).
+    pub fn forget_socket(&mut self, sk: u64) {
+        let _ = self.send_stats.remove(&sk);
+    }
+
+    /// Deletes an aggregate key (its process is gone and its totals were read).
+    pub fn forget(&mut self, key: &ConnKey) {
+        let _ = self.conn_stats.remove(key);
+    }
+
+    /// Drains the event ring buffer, calling `f` for each event.
+    pub fn drain_events(&mut self, mut f: impl FnMut(TcpEvent)) {
+        while let Some(item) = self.events.next() {
+            if item.len() >= std::mem::size_of::<TcpEvent>() {
+                // SAFETY: the kernel wrote a TcpEvent; read_unaligned copes with any alignment.
+                let ev = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const TcpEvent) };
+                f(ev);
+            }
+        }
+    }
+
+    /// The kernel side's drop counters, summed over CPUs.
+    pub fn kernel_counters(&self) -> KernelCounters {
+        let get = |c: Counter| self.counters.get(&(c as u32), 0).map(|v| v.iter().sum()).unwrap_or(0);
+        KernelCounters {
+            ringbuf_drops: get(Counter::RingbufDrops),
+            conn_stats_full: get(Counter::ConnStatsFull),
+            sock_insert_failed: get(Counter::SockInsertFailed),
+            send_stats_full: get(Counter::SendStatsFull),
+        }
+    }
+
+    /// Run time and count of every loaded program.
+    pub fn program_stats(&self) -> Vec<ProgramStats> {
+        self.ebpf
+            .programs()
+            .filter_map(|(name, p)| {
+                let info = p.info().ok()?;
+                Some(ProgramStats {
+                    name: name.to_string(),
+                    run_time: info.run_time(),
+                    run_count: info.run_count(),
+                })
+            })
+            .collect()
+    }
+}

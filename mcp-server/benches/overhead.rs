@@ -1,0 +1,276 @@
+//! What bpfsight costs and how fast it answers, on this machine, in one run (needs root):
+//!
+//! 1. mean in-kernel cost per event of every program, next to a trivial counting program on
+//!    the same hook measured in the same run (`kernel.bpf_stats_enabled` on);
+//! 2. loopback request/response throughput with the collector attached vs detached;
+//! 3. MCP tool-call latency over stdio against the real binary.
+//!
+//! Run: `cargo bench -p bpfsight --bench overhead` (prints a report; not a test).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bpfsight_collector::loader::enable_bpf_stats;
+use bpfsight_collector::{Collector, CollectorConfig};
+
+const RPC_SECS: f64 = 3.0;
+const ROUNDS: usize = 5;
+const TOOL_CALLS: usize = 3000;
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return; // `cargo bench -- --list` / `cargo test --benches` probing.
+    }
+    if unsafe { libc_geteuid() } != 0 {
+        eprintln!("the overhead benchmark loads eBPF programs: run it as root");
+        std::process::exit(1);
+    }
+    println!(
+        "bpfsight overhead benchmark ({} cores)\n",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    program_costs();
+    throughput();
+    tool_latency();
+}
+
+unsafe extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+/// Echo server on loopback; returns its port. Each connection gets a thread.
+fn echo_server(stop: Arc<AtomicBool>) -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let Ok(mut c) = c else { continue };
+            std::thread::spawn(move || {
+                let _ = c.set_nodelay(true);
+                let mut buf = [0u8; 4096];
+                loop {
+                    match c.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if c.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// Round trips per second of 64-byte request/response over `clients` connections.
+fn rpc_rate(port: u16, clients: usize, secs: f64) -> f64 {
+    let count = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    let threads: Vec<_> = (0..clients)
+        .map(|_| {
+            let count = count.clone();
+            std::thread::spawn(move || {
+                let mut c = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+                c.set_nodelay(true).unwrap();
+                let req = [7u8; 64];
+                let mut resp = [0u8; 64];
+                let mut n = 0u64;
+                while Instant::now() < deadline {
+                    c.write_all(&req).unwrap();
+                    c.read_exact(&mut resp).unwrap();
+                    n += 1;
+                }
+                let _ = c.shutdown(Shutdown::Both);
+                count.fetch_add(n, Ordering::Relaxed);
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    count.load(Ordering::Relaxed) as f64 / secs
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// Makes every hook fire: connects, accepts, closes, refused connects (resets both ways),
+/// sends, and retransmits when nftables is there to drop packets.
+fn exercise_hooks(port: u16) -> bool {
+    for _ in 0..2000 {
+        let c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        drop(c);
+    }
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_port = closed.local_addr().unwrap().port();
+    drop(closed);
+    for _ in 0..2000 {
+        let _ = TcpStream::connect(("127.0.0.1", closed_port));
+    }
+    rpc_rate(port, 2, 1.0);
+    // Retransmits: drop 10 % of packets to the echo port for a moment.
+    let table = "bpfsight_bench";
+    let rules = format!(
+        "table inet {table} {{\n  chain out {{\n    type filter hook output priority 0; policy accept;\n    \
+         tcp dport {port} numgen random mod 100 < 10 drop\n  }}\n}}\n"
+    );
+    let ok = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .and_then(|mut ch| {
+            ch.stdin.take().unwrap().write_all(rules.as_bytes())?;
+            ch.wait()
+        })
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if ok {
+        rpc_rate(port, 4, 3.0);
+        let _ = Command::new("nft").args(["delete", "table", "inet", table]).status();
+    }
+    ok
+}
+
+fn program_costs() {
+    let stop = Arc::new(AtomicBool::new(false));
+    let port = echo_server(stop.clone());
+    let _stats = enable_bpf_stats().expect("enable BPF statistics");
+    let collector = Collector::start(CollectorConfig { baseline_programs: true, ..Default::default() })
+        .expect("start collector");
+    let retrans = exercise_hooks(port);
+    std::thread::sleep(Duration::from_millis(1500));
+    let stats = collector.program_stats();
+    drop(collector);
+    println!("1. In-kernel cost per event (bpf_stats run_time_ns / run_cnt), same run, same hooks");
+    println!("   {:<22} {:>10} {:>10} {:>12} {:>8}", "program", "runs", "mean ns", "baseline ns", "ratio");
+    let mean = |name: &str| {
+        stats.iter().find(|s| s.name == name).map(|s| {
+            (
+                s.run_count,
+                if s.run_count == 0 { f64::NAN } else { s.run_time.as_nanos() as f64 / s.run_count as f64 },
+            )
+        })
+    };
+    for (prog, _, _) in bpfsight_collector::common::programs::TCP {
+        let (runs, ns) = mean(prog).unwrap_or((0, f64::NAN));
+        let (_, base) = mean(&format!("baseline_{prog}")).unwrap_or((0, f64::NAN));
+        println!("   {:<22} {:>10} {:>10.0} {:>12.0} {:>7.2}x", prog, runs, ns, base, ns / base);
+    }
+    if !retrans {
+        println!("   (nft not available: tcp_retransmit_skb was not exercised)");
+    }
+    println!();
+}
+
+fn throughput() {
+    let stop = Arc::new(AtomicBool::new(false));
+    let port = echo_server(stop.clone());
+    let clients = 2;
+    rpc_rate(port, clients, 1.0); // warm up
+    let (mut off, mut on) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        off.push(rpc_rate(port, clients, RPC_SECS));
+        let c = Collector::start(CollectorConfig::default()).expect("start collector");
+        on.push(rpc_rate(port, clients, RPC_SECS));
+        drop(c);
+    }
+    let (off_m, on_m) = (median(off.clone()), median(on.clone()));
+    println!(
+        "2. Loopback 64-byte request/response, {clients} clients, {ROUNDS} alternating rounds of {RPC_SECS} s"
+    );
+    println!("   detached: {off_m:>10.0} round trips/s (rounds: {})", fmt_list(&off));
+    println!("   attached: {on_m:>10.0} round trips/s (rounds: {})", fmt_list(&on));
+    println!(
+        "   ratio attached/detached: {:.4} (cost {:+.2} %)\n",
+        on_m / off_m,
+        100.0 * (1.0 - on_m / off_m)
+    );
+    stop.store(true, Ordering::Relaxed);
+}
+
+fn fmt_list(v: &[f64]) -> String {
+    v.iter().map(|x| format!("{x:.0}")).collect::<Vec<_>>().join(", ")
+}
+
+fn tool_latency() {
+    let bin = env!("CARGO_BIN_EXE_bpfsight");
+    let mut child = Command::new(bin)
+        .arg("serve")
+        .env("BPFSIGHT_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn bpfsight serve");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    let mut rpc = |stdin: &mut std::process::ChildStdin, msg: String, expect_reply: bool| -> String {
+        stdin.write_all(msg.as_bytes()).unwrap();
+        stdin.write_all(b"\n").unwrap();
+        stdin.flush().unwrap();
+        line.clear();
+        if expect_reply {
+            stdout.read_line(&mut line).unwrap();
+        }
+        line.clone()
+    };
+    rpc(&mut stdin, r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"bench","version":"0"}}}"#.into(), true);
+    rpc(&mut stdin, r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#.into(), false);
+    // Some traffic so answers are not empty.
+    let stop = Arc::new(AtomicBool::new(false));
+    let port = echo_server(stop.clone());
+    rpc_rate(port, 2, 1.5);
+    std::thread::sleep(Duration::from_millis(1200));
+    let calls = [
+        ("list_services", r#"{"limit":50}"#),
+        ("get_connection_stats", r#"{"window":"5m"}"#),
+        ("get_service_errors", r#"{"window":"15m","threshold_pct":0}"#),
+    ];
+    println!(
+        "3. MCP tools/call latency over stdio (request written -> response read), {TOOL_CALLS} calls each"
+    );
+    for (tool, args) in calls {
+        let mut lat = Vec::with_capacity(TOOL_CALLS);
+        let mut bytes = 0;
+        for i in 0..TOOL_CALLS {
+            let msg = format!(
+                r#"{{"jsonrpc":"2.0","id":{},"method":"tools/call","params":{{"name":"{tool}","arguments":{args}}}}}"#,
+                i + 1
+            );
+            let t = Instant::now();
+            let reply = rpc(&mut stdin, msg, true);
+            lat.push(t.elapsed().as_secs_f64() * 1e3);
+            assert!(reply.contains("structuredContent"), "bad reply: {reply}");
+            bytes = reply.len();
+        }
+        lat.sort_by(f64::total_cmp);
+        println!(
+            "   {:<22} p50 {:.3} ms  p99 {:.3} ms  max {:.3} ms  ({} bytes/reply)",
+            tool,
+            percentile(&lat, 0.5),
+            percentile(&lat, 0.99),
+            lat[lat.len() - 1],
+            bytes
+        );
+    }
+    drop(stdin);
+    let _ = child.wait();
+    stop.store(true, Ordering::Relaxed);
+}

@@ -1,0 +1,11 @@
+//! bpfsight's MCP server: the tools an LLM client calls, wired to the collector's queries.
+//!
+//! This crate only translates: MCP arguments into collector queries, and the answers into
+//! structured tool results with a one-line summary. All computation lives in
+//! `bpfsight-collector`.
+
+pub mod args;
+pub mod server;
+mod summary;
+
+pub use server::BpfsightServer;

@@ -1,0 +1,1 @@
+//! Anomaly prediction for bpfsight (issue 4 fills this crate).

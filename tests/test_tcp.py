@@ -1,0 +1,183 @@
+"""TCP connection health, from real kernel events on real loopback traffic, through MCP."""
+import anyio
+import pytest
+from mcp.shared.exceptions import MCPError
+
+from conftest import Workload, call, nft_drop, run_with_server, settle
+
+
+def by_service(report, name):
+    rows = [s for s in report["services"] if s["service"] == name]
+    return rows[0] if rows else None
+
+
+def test_tools_are_listed_with_schemas_and_read_only_hints():
+    async def body(s):
+        tools = {t.name: t for t in (await s.list_tools()).tools}
+        assert set(tools) >= {"list_services", "get_connection_stats", "get_service_errors"}
+        for t in tools.values():
+            assert t.annotations.read_only_hint is True
+            assert t.annotations.destructive_hint is False
+            assert t.description and len(t.description) > 80
+            assert t.input_schema["type"] == "object"
+        assert set(tools["get_connection_stats"].input_schema["properties"]) == {"service", "window", "limit"}
+        assert set(tools["get_service_errors"].input_schema["properties"]) == {"threshold_pct", "window", "limit"}
+        assert "error_rate_pct" in tools["get_service_errors"].description
+
+    run_with_server(body)
+
+
+def test_packet_loss_shows_as_retransmits_for_that_service_and_peer_only():
+    lossy_port, ctrl_port = 47101, 47102
+
+    async def body(s):
+        with nft_drop(lossy_port, 20):
+            srv = Workload("echo-server", "lossy-srv", lossy_port, wait_ready=True, seconds=30)
+            ctl_srv = Workload("echo-server", "ctrl-srv", ctrl_port, wait_ready=True, seconds=30)
+            try:
+                cli = Workload("echo-client", "lossy-cli", lossy_port, seconds=8)
+                ctl = Workload("echo-client", "ctrl-cli", ctrl_port, seconds=8)
+                await anyio.to_thread.run_sync(cli.wait)
+                await anyio.to_thread.run_sync(ctl.wait)
+            finally:
+                srv.kill()
+                ctl_srv.kill()
+        await settle()
+
+        lossy = (await call(s, "get_connection_stats", {"service": "lossy-cli", "window": "1m"}))["services"][0]
+        # Ping-pong with 20 % loss each way stalls on every loss (RTO/TLP): ~10-20 expected.
+        assert lossy["retransmits"] >= 3, lossy
+        assert lossy["retransmits_per_s"] > 0
+        assert lossy["opened_active"] == 1, lossy
+        assert lossy["sends"] > 10, lossy
+        top = lossy["top_peers"][0]
+        assert (top["addr"], top["port"]) == ("127.0.0.1", lossy_port), lossy
+        assert top["retransmits"] == lossy["retransmits"]
+
+        # The server side retransmits its replies, attributed to the server process (not softirq's current task).
+        srv_row = (await call(s, "get_connection_stats", {"service": "lossy-srv", "window": "1m"}))["services"][0]
+        assert srv_row["opened_passive"] == 1, srv_row
+        assert srv_row["retransmits"] >= 2, srv_row
+
+        ctrl = (await call(s, "get_connection_stats", {"service": "ctrl-cli", "window": "1m"}))["services"][0]
+        assert ctrl["sends"] > 100, ctrl
+        assert ctrl["retransmits"] <= 1, ctrl
+        assert ctrl["top_peers"][0]["port"] == ctrl_port
+
+        errors = await call(s, "get_service_errors", {"threshold_pct": 1.0, "window": "1m"})
+        names = [x["service"] for x in errors["services"]]
+        assert "lossy-cli" in names, errors
+        assert "ctrl-cli" not in names and "ctrl-srv" not in names, errors
+        row = next(x for x in errors["services"] if x["service"] == "lossy-cli")
+        assert row["retransmits"] == lossy["retransmits"]
+        assert row["error_rate_pct"] >= 1.0
+        assert row["errors"] == row["failed_connects"] + row["resets_sent"] + row["resets_received"] + row["retransmits"]
+
+        # All services in the window, ranked worst first: a lossy service outranks the control pair.
+        allr = await call(s, "get_connection_stats", {"window": "1m", "limit": 50})
+        names = [x["service"] for x in allr["services"]]
+        assert names.index("lossy-cli") < names.index("ctrl-cli"), names
+
+    run_with_server(body)
+
+
+def test_refused_connects_are_failed_connects_for_the_caller_ipv4_and_ipv6():
+    port = 47109  # nothing listens here
+
+    async def body(s):
+        v4 = Workload("refused", "refuse-cli", port, count=12)
+        v4.wait()
+        v6 = Workload("refused", "refuse-cli6", port, host="::1", count=7)
+        v6.wait()
+        await settle()
+        r4 = (await call(s, "get_connection_stats", {"service": "refuse-cli", "window": "1m"}))["services"][0]
+        assert r4["failed_connects"] == 12, r4
+        assert r4["opened"] == 0
+        assert (r4["top_peers"][0]["addr"], r4["top_peers"][0]["port"]) == ("127.0.0.1", port)
+        r6 = (await call(s, "get_connection_stats", {"service": "refuse-cli6", "window": "1m"}))["services"][0]
+        assert r6["failed_connects"] == 7, r6
+        assert (r6["top_peers"][0]["addr"], r6["top_peers"][0]["port"]) == ("::1", port)
+
+        errors = await call(s, "get_service_errors", {"window": "1m"})
+        row = next(x for x in errors["services"] if x["service"] == "refuse-cli6")
+        assert row["connect_attempts"] == 7 and row["failed_connects"] == 7
+        kinds = {e["kind"] for e in row["recent_events"]}
+        assert "failed_connect" in kinds, row
+        assert any(e["peer"] == f"[::1]:{port}" for e in row["recent_events"]), row
+        # The kernel answered the SYNs with resets from no socket.
+        assert any(x["service"] == "[no-socket]" and x["resets_sent"] >= 19 for x in errors["services"]), errors
+
+    run_with_server(body)
+
+
+def test_aborted_connections_show_resets_sent_and_received():
+    port = 47110
+
+    async def body(s):
+        srv = Workload("reset-server", "rst-srv", port, wait_ready=True, count=8, seconds=20)
+        cli = Workload("reset-client", "rst-cli", port, count=8)
+        out = cli.wait()
+        srv.wait()
+        assert "resets 8" in out, out
+        await settle()
+        server = (await call(s, "get_connection_stats", {"service": "rst-srv", "window": "1m"}))["services"][0]
+        client = (await call(s, "get_connection_stats", {"service": "rst-cli", "window": "1m"}))["services"][0]
+        assert server["resets_sent"] == 8, server
+        assert server["opened_passive"] == 8, server
+        assert client["resets_received"] == 8, client
+        assert client["opened_active"] == 8, client
+        assert client["closed"] == 8 and client["active"] == 0, client
+        assert client["mean_connection_ms"] is not None
+
+    run_with_server(body)
+
+
+def test_list_services_shows_live_processes_and_filters():
+    async def body(s):
+        srv = Workload("echo-server", "listed-srv", 47111, wait_ready=True, seconds=20)
+        try:
+            cli = Workload("echo-client", "listed-cli", 47111, seconds=1)
+            cli.wait()
+            await settle()
+            out = await call(s, "list_services", {"name_contains": "LISTED"})
+            names = {x["service"]: x for x in out["services"]}
+            assert set(names) == {"listed-srv", "listed-cli"}, out
+            assert names["listed-srv"]["running"] and srv.pid in names["listed-srv"]["pids"]
+            assert names["listed-cli"]["opened_5m"] == 1
+            assert out["total"] == 2 and out["truncated"] is False
+            assert out["collector"]["source"] == "ebpf"
+            assert out["collector"]["ringbuf_drops"] == 0
+            small = await call(s, "list_services", {"limit": 1})
+            assert len(small["services"]) == 1 and small["truncated"] is True and small["total"] > 1
+        finally:
+            srv.kill()
+
+    run_with_server(body)
+
+
+@pytest.mark.parametrize(
+    "tool,args,expect",
+    [
+        ("get_connection_stats", {"window": "5x"}, ['invalid window "5x"', '"30s"', '"5m"']),
+        ("get_connection_stats", {"window": "7h"}, ["longer than the history kept", "6h"]),
+        ("get_connection_stats", {"service": "no-such-svc"}, ['unknown service "no-such-svc"', "list_services"]),
+        ("get_connection_stats", {"limit": 0}, ["invalid limit", "from 1 to 500"]),
+        ("get_connection_stats", {"limit": 10**9}, ["invalid limit", "from 1 to 500"]),
+        ("get_service_errors", {"threshold_pct": -1}, ["invalid threshold_pct", "from 0 to 100"]),
+        ("get_service_errors", {"threshold_pct": 250}, ["invalid threshold_pct", "from 0 to 100"]),
+        ("list_services", {"limit": -3}, ["invalid limit", "from 1 to 500"]),
+        ("get_connection_stats", {"limit": "ten"}, ["invalid arguments", "expected i64"]),
+        ("list_services", {"bogus": 1}, ["invalid arguments: unknown field `bogus`", "name_contains"]),
+    ],
+)
+def test_bad_arguments_are_invalid_params_that_say_what_is_accepted(tool, args, expect):
+    async def body(s):
+        with pytest.raises(MCPError) as e:
+            await s.call_tool(tool, args)
+        assert e.value.error.code == -32602, e.value.error
+        for text in expect:
+            assert text in e.value.error.message, e.value.error.message
+        # The server is still fine afterwards.
+        await call(s, "list_services", {"limit": 1})
+
+    run_with_server(body)

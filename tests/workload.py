@@ -1,0 +1,138 @@
+"""Real TCP workloads with distinct process names, for bpfsight's integration tests.
+
+Each role renames its process (prctl PR_SET_NAME) so the kernel and /proc see a distinct
+service name. Run: python workload.py ROLE --name NAME --port PORT [--host H] [--seconds S]
+"""
+import argparse
+import ctypes
+import socket
+import struct
+import sys
+import time
+
+
+def set_name(name: str) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    PR_SET_NAME = 15
+    if libc.prctl(PR_SET_NAME, name.encode()[:15], 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_NAME)")
+
+
+def family(host: str) -> int:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def echo_server(a) -> None:
+    """Accepts connections and echoes each request back, one connection at a time."""
+    s = socket.socket(family(a.host), socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((a.host, a.port))
+    s.listen(16)
+    print("ready", flush=True)
+    s.settimeout(a.seconds)
+    end = time.time() + a.seconds
+    while time.time() < end:
+        try:
+            c, _ = s.accept()
+        except socket.timeout:
+            break
+        c.settimeout(5)
+        try:
+            while True:
+                data = c.recv(65536)
+                if not data:
+                    break
+                c.sendall(data)
+        except OSError:
+            pass
+        c.close()
+
+
+def echo_client(a) -> None:
+    """Request/response over one connection for `seconds`; prints how many round trips."""
+    c = socket.create_connection((a.host, a.port), timeout=10)
+    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    payload = b"x" * a.size
+    n = 0
+    end = time.time() + a.seconds
+    while time.time() < end:
+        c.sendall(payload)
+        got = 0
+        while got < len(payload):
+            chunk = c.recv(65536)
+            if not chunk:
+                raise SystemExit("server closed")
+            got += len(chunk)
+        n += 1
+    c.close()
+    print(f"round_trips {n}", flush=True)
+
+
+def refused(a) -> None:
+    """Connects `count` times to a port nobody listens on."""
+    failed = 0
+    for _ in range(a.count):
+        c = socket.socket(family(a.host), socket.SOCK_STREAM)
+        try:
+            c.connect((a.host, a.port))
+        except ConnectionRefusedError:
+            failed += 1
+        finally:
+            c.close()
+    print(f"refused {failed}", flush=True)
+
+
+def reset_server(a) -> None:
+    """Accepts `count` connections, reads a request, then aborts each with a RST (SO_LINGER 0)."""
+    s = socket.socket(family(a.host), socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((a.host, a.port))
+    s.listen(16)
+    print("ready", flush=True)
+    s.settimeout(a.seconds)
+    for _ in range(a.count):
+        try:
+            c, _ = s.accept()
+        except socket.timeout:
+            break
+        c.recv(1024)
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        c.close()
+
+
+def reset_client(a) -> None:
+    """Connects `count` times, sends a request and expects the server to reset the connection."""
+    resets = 0
+    for _ in range(a.count):
+        c = socket.create_connection((a.host, a.port), timeout=5)
+        c.sendall(b"hello")
+        try:
+            if c.recv(1024) == b"":
+                pass
+        except ConnectionResetError:
+            resets += 1
+        c.close()
+    print(f"resets {resets}", flush=True)
+
+
+ROLES = {
+    "echo-server": echo_server,
+    "echo-client": echo_client,
+    "refused": refused,
+    "reset-server": reset_server,
+    "reset-client": reset_client,
+}
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser()
+    p.add_argument("role", choices=sorted(ROLES))
+    p.add_argument("--name", required=True)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--seconds", type=float, default=5.0)
+    p.add_argument("--count", type=int, default=10)
+    p.add_argument("--size", type=int, default=1024)
+    args = p.parse_args()
+    set_name(args.name)
+    ROLES[args.role](args)
+    sys.exit(0)
