@@ -181,3 +181,35 @@ def test_bad_arguments_are_invalid_params_that_say_what_is_accepted(tool, args, 
         await call(s, "list_services", {"limit": 1})
 
     run_with_server(body)
+
+
+def test_sockets_opened_before_bpfsight_started_are_attributed():
+    """The usual deployment: bpfsight starts after the services. A listener opened earlier
+    still gets its accepted connections, and a connection opened earlier still gets its
+    retransmits (its owner is learned from its first send)."""
+    port = 47112
+    srv = Workload("echo-server", "early-srv", port, wait_ready=True, seconds=60)
+    old = Workload("echo-client", "early-cli", port, seconds=14)
+    try:
+        async def body(s):
+            with nft_drop(port, 20):
+                new = Workload("echo-client", "late-cli", port, seconds=4)
+                await anyio.to_thread.run_sync(new.wait)
+                await anyio.to_thread.run_sync(old.wait)
+            await settle()
+            late = (await call(s, "get_connection_stats", {"service": "late-cli", "window": "1m"}))["services"][0]
+            assert late["opened_active"] == 1, late
+            server = (await call(s, "get_connection_stats", {"service": "early-srv", "window": "1m"}))["services"][0]
+            assert server["opened_passive"] >= 1, server
+            early = (await call(s, "get_connection_stats", {"service": "early-cli", "window": "1m"}))["services"][0]
+            assert early["retransmits"] >= 2, early
+            assert early["sends"] > 0
+            # Opened before we started: not counted as opened, so not as active either.
+            assert early["opened"] == 0 and early["active"] == 0, early
+            unattributed = await call(s, "get_connection_stats", {"window": "1m", "limit": 500})
+            assert not [x for x in unattributed["services"] if x["service"] == "[unattributed]" and x["retransmits"] > 2], unattributed
+
+        run_with_server(body)
+    finally:
+        old.kill()
+        srv.kill()

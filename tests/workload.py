@@ -8,6 +8,7 @@ import ctypes
 import socket
 import struct
 import sys
+import threading
 import time
 
 
@@ -22,8 +23,21 @@ def family(host: str) -> int:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
+def echo_conn(c) -> None:
+    c.settimeout(20)
+    try:
+        while True:
+            data = c.recv(65536)
+            if not data:
+                break
+            c.sendall(data)
+    except OSError:
+        pass
+    c.close()
+
+
 def echo_server(a) -> None:
-    """Accepts connections and echoes each request back, one connection at a time."""
+    """Accepts connections and echoes each request back, a thread per connection."""
     s = socket.socket(family(a.host), socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind((a.host, a.port))
@@ -36,16 +50,7 @@ def echo_server(a) -> None:
             c, _ = s.accept()
         except socket.timeout:
             break
-        c.settimeout(5)
-        try:
-            while True:
-                data = c.recv(65536)
-                if not data:
-                    break
-                c.sendall(data)
-        except OSError:
-            pass
-        c.close()
+        threading.Thread(target=echo_conn, args=(c,), daemon=True).start()
 
 
 def echo_client(a) -> None:

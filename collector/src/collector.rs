@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bpfsight_common::{ConnKey, ConnStats, Owner, SendStats, SockState, TcpEvent, TcpEventKind};
 
 use crate::error::CollectorError;
-use crate::loader::{KernelCounters, ProgramStats, Programs};
+use crate::loader::{KernelCounters, ProgramSet, ProgramStats, Programs};
 use crate::service::Resolver;
 use crate::store::{Store, TcpEventRecord};
 use crate::tcp::{Peer, TcpCounters};
@@ -20,13 +20,13 @@ use crate::{kernel, procs};
 pub struct CollectorConfig {
     /// Kernel map poll interval (the series resolution is one second regardless).
     pub poll_interval: Duration,
-    /// Attach the benchmark's trivial baseline programs too.
-    pub baseline_programs: bool,
+    /// Which programs to attach (benchmarks add or substitute trivial baselines).
+    pub programs: ProgramSet,
 }
 
 impl Default for CollectorConfig {
     fn default() -> Self {
-        CollectorConfig { poll_interval: Duration::from_secs(1), baseline_programs: false }
+        CollectorConfig { poll_interval: Duration::from_secs(1), programs: ProgramSet::Tcp }
     }
 }
 
@@ -57,7 +57,13 @@ impl Collector {
         let tracefs = kernel::ensure_mounts()?;
         kernel::check_layouts(&tracefs)?;
         kernel::raise_memlock();
-        let programs = Programs::load(config.baseline_programs)?;
+        let mut programs = Programs::load(config.programs)?;
+        // After attaching, so a listener opened meanwhile is seen by one side or the other.
+        let listeners = crate::preexisting::listeners();
+        tracing::debug!(count = listeners.len(), "pre-existing TCP listeners");
+        for (key, owner) in listeners {
+            programs.add_listener(key, owner);
+        }
         let now = unix_now().as_secs();
         let mut store = Store::new(now);
         store.health_mut().source = "ebpf";
@@ -83,7 +89,7 @@ impl Collector {
             .name("bpfsight-collector".into())
             .spawn(move || poller.run(&stop2))
             .map_err(|source| CollectorError::Io { path: "thread".into(), source })?;
-        tracing::info!("collector started: TCP programs attached");
+        tracing::info!(programs = ?config.programs, "collector started");
         Ok(Collector { store, stop, thread: Some(thread), program_stats })
     }
 

@@ -16,10 +16,12 @@
 //! [`loader`] loads and attaches the programs and reads their maps, [`store`] keeps bounded
 //! history, [`query`] computes the answers the MCP tools return.
 
+pub mod btf;
 pub mod collector;
 pub mod error;
 pub mod kernel;
 pub mod loader;
+pub mod preexisting;
 pub mod procs;
 pub mod query;
 pub mod service;

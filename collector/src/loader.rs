@@ -6,15 +6,30 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use aya::Ebpf;
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
-use aya::programs::TracePoint;
-use bpfsight_common::{ConnKey, ConnStats, Counter, SendStats, SockState, TcpEvent, maps, programs};
+use aya::programs::{BtfTracePoint, TracePoint};
+use aya::{Ebpf, EbpfLoader};
+use bpfsight_common::programs::{self, Hook};
+use bpfsight_common::{
+    ConnKey, ConnStats, Counter, ListenKey, Owner, SendStats, SockState, TcpEvent, globals, maps,
+};
 
 use crate::error::CollectorError;
 
 /// The compiled eBPF object (all programs, including the benchmark's baselines).
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!("../../bpf/bpfsight.bpf.o");
+
+/// Which programs to attach.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ProgramSet {
+    /// The TCP programs (normal operation).
+    #[default]
+    Tcp,
+    /// The TCP programs and the trivial baselines on the same hooks (benchmark: cost per event).
+    TcpWithBaseline,
+    /// Only the trivial baselines (benchmark: the cost of the hooks themselves).
+    BaselineOnly,
+}
 
 /// Drop and overflow counters kept by the kernel side.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -52,31 +67,58 @@ pub struct Programs {
     conn_stats: PerCpuHashMap<MapData, ConnKey, ConnStats>,
     send_stats: PerCpuHashMap<MapData, u64, SendStats>,
     socks: BpfHashMap<MapData, u64, SockState>,
+    listeners: BpfHashMap<MapData, ListenKey, Owner>,
     events: RingBuf<MapData>,
     counters: PerCpuArray<MapData, u64>,
 }
 
 impl Programs {
-    /// Loads the object and attaches the TCP programs (and, with `baseline`, the trivial
-    /// counting programs on the same hooks, for benchmarks).
-    pub fn load(baseline: bool) -> Result<Self, CollectorError> {
-        let mut ebpf = Ebpf::load(OBJECT).map_err(|e| CollectorError::load("object", e))?;
-        let mut wanted: Vec<(&str, &str, &str)> = programs::TCP.to_vec();
-        if baseline {
-            wanted.extend_from_slice(programs::BASELINE);
-        }
-        for (prog, cat, tp) in wanted {
-            let p: &mut TracePoint = ebpf
-                .program_mut(prog)
-                .ok_or_else(|| CollectorError::Unsupported {
-                    what: format!("program {prog}"),
-                    hint: "the embedded BPF object is stale; rebuild with `cargo xtask build-bpf`".into(),
-                })?
-                .try_into()
-                .map_err(|e| CollectorError::load(format!("program {prog}"), e))?;
-            p.load().map_err(|e| CollectorError::load(format!("program {prog}"), e))?;
-            p.attach(cat, tp).map_err(|e| CollectorError::load(format!("attach {prog} to {cat}:{tp}"), e))?;
-            tracing::debug!(prog, cat, tp, "attached");
+    /// Loads the object and attaches the programs of `set`.
+    pub fn load(set: ProgramSet) -> Result<Self, CollectorError> {
+        let kernel_btf = crate::btf::Btf::from_sys_fs().map_err(|e| CollectorError::Unsupported {
+            what: "kernel BTF (/sys/kernel/btf/vmlinux)".into(),
+            hint: format!("{e}; bpfsight needs a kernel built with CONFIG_DEBUG_INFO_BTF=y"),
+        })?;
+        let sk_protocol = kernel_btf.member_offset("sock", "sk_protocol").map_err(|e| {
+            CollectorError::Unsupported { what: "struct sock layout".into(), hint: e.to_string() }
+        })? as u32;
+        let mut ebpf = EbpfLoader::new()
+            .override_global(globals::SK_PROTOCOL_OFFSET, &sk_protocol, true)
+            .load(OBJECT)
+            .map_err(|e| CollectorError::load("object", e))?;
+        let aya_btf = aya::Btf::from_sys_fs().map_err(|e| CollectorError::load("kernel BTF", e))?;
+        let stale = |what: String| CollectorError::Unsupported {
+            what,
+            hint: "the embedded BPF object is stale; rebuild with `cargo xtask build-bpf`".into(),
+        };
+        let wanted: Vec<programs::Program> = match set {
+            ProgramSet::Tcp => programs::TCP.to_vec(),
+            ProgramSet::TcpWithBaseline => {
+                [programs::TCP, programs::BASELINE, &[programs::CLASSIC_SEND_FLOOR]].concat()
+            }
+            ProgramSet::BaselineOnly => programs::BASELINE.to_vec(),
+        };
+        for p in wanted {
+            let name = p.name;
+            let prog = ebpf.program_mut(name).ok_or_else(|| stale(format!("program {name}")))?;
+            match p.hook {
+                Hook::Tracepoint(cat, event) => {
+                    let tp: &mut TracePoint =
+                        prog.try_into().map_err(|e| CollectorError::load(format!("program {name}"), e))?;
+                    tp.load().map_err(|e| CollectorError::load(format!("program {name}"), e))?;
+                    tp.attach(cat, event)
+                        .map_err(|e| CollectorError::load(format!("attach {name} to {cat}:{event}"), e))?;
+                }
+                Hook::BtfTracepoint(event) => {
+                    let tp: &mut BtfTracePoint =
+                        prog.try_into().map_err(|e| CollectorError::load(format!("program {name}"), e))?;
+                    tp.load(event, &aya_btf)
+                        .map_err(|e| CollectorError::load(format!("program {name}"), e))?;
+                    tp.attach()
+                        .map_err(|e| CollectorError::load(format!("attach {name} to tp_btf/{event}"), e))?;
+                }
+            }
+            tracing::debug!(name, hook = ?p.hook, "attached");
         }
         let take = |ebpf: &mut Ebpf, name: &str| {
             ebpf.take_map(name).ok_or_else(|| CollectorError::Unsupported {
@@ -90,11 +132,13 @@ impl Programs {
             .map_err(|e| CollectorError::load("map SEND_STATS", e))?;
         let socks = BpfHashMap::try_from(take(&mut ebpf, maps::SOCKS)?)
             .map_err(|e| CollectorError::load("map SOCKS", e))?;
+        let listeners = BpfHashMap::try_from(take(&mut ebpf, maps::LISTENERS)?)
+            .map_err(|e| CollectorError::load("map LISTENERS", e))?;
         let events = RingBuf::try_from(take(&mut ebpf, maps::EVENTS)?)
             .map_err(|e| CollectorError::load("map EVENTS", e))?;
         let counters = PerCpuArray::try_from(take(&mut ebpf, maps::COUNTERS)?)
             .map_err(|e| CollectorError::load("map COUNTERS", e))?;
-        Ok(Programs { ebpf, conn_stats, send_stats, socks, events, counters })
+        Ok(Programs { ebpf, conn_stats, send_stats, socks, listeners, events, counters })
     }
 
     /// Cumulative counters per key, summed over CPUs.
@@ -136,6 +180,13 @@ impl Programs {
     /// What the kernel side knows of a socket (owner, peer), if it still exists.
     pub fn socket(&self, sk: u64) -> Option<SockState> {
         self.socks.get(&sk, 0).ok()
+    }
+
+    /// Tells the kernel side who owns a listening port (for listeners opened before we were).
+    /// Entries the programs already made are kept: they are newer.
+    pub fn add_listener(&mut self, key: ListenKey, owner: Owner) {
+        const BPF_NOEXIST: u64 = 1;
+        let _ = self.listeners.insert(key, owner, BPF_NOEXIST);
     }
 
     /// Deletes a destroyed socket's send counters (their final values were read).

@@ -14,11 +14,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bpfsight_collector::loader::enable_bpf_stats;
+use bpfsight_collector::loader::{ProgramSet, enable_bpf_stats};
 use bpfsight_collector::{Collector, CollectorConfig};
 
-const RPC_SECS: f64 = 3.0;
-const ROUNDS: usize = 5;
+const RPC_SECS: f64 = 2.0;
+const ROUNDS: usize = 7;
 const TOOL_CALLS: usize = 3000;
 
 fn main() {
@@ -151,14 +151,18 @@ fn program_costs() {
     let stop = Arc::new(AtomicBool::new(false));
     let port = echo_server(stop.clone());
     let _stats = enable_bpf_stats().expect("enable BPF statistics");
-    let collector = Collector::start(CollectorConfig { baseline_programs: true, ..Default::default() })
-        .expect("start collector");
+    let collector =
+        Collector::start(CollectorConfig { programs: ProgramSet::TcpWithBaseline, ..Default::default() })
+            .expect("start collector");
     let retrans = exercise_hooks(port);
     std::thread::sleep(Duration::from_millis(1500));
     let stats = collector.program_stats();
     drop(collector);
     println!("1. In-kernel cost per event (bpf_stats run_time_ns / run_cnt), same run, same hooks");
-    println!("   {:<22} {:>10} {:>10} {:>12} {:>8}", "program", "runs", "mean ns", "baseline ns", "ratio");
+    println!(
+        "   {:<22} {:<7} {:>9} {:>10} {:>12} {:>8}",
+        "program", "hook", "runs", "mean ns", "baseline ns", "ratio"
+    );
     let mean = |name: &str| {
         stats.iter().find(|s| s.name == name).map(|s| {
             (
@@ -167,10 +171,17 @@ fn program_costs() {
             )
         })
     };
-    for (prog, _, _) in bpfsight_collector::common::programs::TCP {
-        let (runs, ns) = mean(prog).unwrap_or((0, f64::NAN));
-        let (_, base) = mean(&format!("baseline_{prog}")).unwrap_or((0, f64::NAN));
-        println!("   {:<22} {:>10} {:>10.0} {:>12.0} {:>7.2}x", prog, runs, ns, base, ns / base);
+    for p in bpfsight_collector::common::programs::TCP {
+        let (runs, ns) = mean(p.name).unwrap_or((0, f64::NAN));
+        let (_, base) = mean(&format!("baseline_{}", p.name)).unwrap_or((0, f64::NAN));
+        let kind = match p.hook {
+            bpfsight_collector::common::programs::Hook::Tracepoint(..) => "tp",
+            bpfsight_collector::common::programs::Hook::BtfTracepoint(..) => "tp_btf",
+        };
+        println!("   {:<22} {:<7} {:>9} {:>10.0} {:>12.0} {:>7.2}x", p.name, kind, runs, ns, base, ns / base);
+    }
+    if let Some((runs, ns)) = mean("baseline_tp_sock_send_length") {
+        println!("   (classic-tracepoint floor on sock_send_length: {ns:.0} ns over {runs} runs)");
     }
     if !retrans {
         println!("   (nft not available: tcp_retransmit_skb was not exercised)");
@@ -183,23 +194,30 @@ fn throughput() {
     let port = echo_server(stop.clone());
     let clients = 2;
     rpc_rate(port, clients, 1.0); // warm up
-    let (mut off, mut on) = (Vec::new(), Vec::new());
+    let (mut off, mut on, mut floor) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
         off.push(rpc_rate(port, clients, RPC_SECS));
         let c = Collector::start(CollectorConfig::default()).expect("start collector");
         on.push(rpc_rate(port, clients, RPC_SECS));
         drop(c);
+        let c =
+            Collector::start(CollectorConfig { programs: ProgramSet::BaselineOnly, ..Default::default() })
+                .expect("start baseline programs");
+        floor.push(rpc_rate(port, clients, RPC_SECS));
+        drop(c);
     }
-    let (off_m, on_m) = (median(off.clone()), median(on.clone()));
+    let (off_m, on_m, floor_m) = (median(off.clone()), median(on.clone()), median(floor.clone()));
     println!(
-        "2. Loopback 64-byte request/response, {clients} clients, {ROUNDS} alternating rounds of {RPC_SECS} s"
+        "2. Loopback 64-byte request/response, {clients} clients, {ROUNDS} interleaved rounds of {RPC_SECS} s (medians)"
     );
-    println!("   detached: {off_m:>10.0} round trips/s (rounds: {})", fmt_list(&off));
-    println!("   attached: {on_m:>10.0} round trips/s (rounds: {})", fmt_list(&on));
+    println!("   detached:                {off_m:>10.0} round trips/s (rounds: {})", fmt_list(&off));
+    println!("   bpfsight attached:       {on_m:>10.0} round trips/s (rounds: {})", fmt_list(&on));
+    println!("   trivial programs only:   {floor_m:>10.0} round trips/s (rounds: {})", fmt_list(&floor));
     println!(
-        "   ratio attached/detached: {:.4} (cost {:+.2} %)\n",
+        "   ratio attached/detached: {:.4} (cost {:+.2} %); trivial-programs floor: {:+.2} %\n",
         on_m / off_m,
-        100.0 * (1.0 - on_m / off_m)
+        100.0 * (1.0 - on_m / off_m),
+        100.0 * (1.0 - floor_m / off_m)
     );
     stop.store(true, Ordering::Relaxed);
 }

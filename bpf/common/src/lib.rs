@@ -32,26 +32,65 @@ pub mod maps {
     pub const BASELINE: &str = "BASELINE";
 }
 
-/// Program names as they appear in the object file, and the tracepoint each attaches to.
+/// Program names as they appear in the object file, and where each attaches.
 pub mod programs {
-    /// `(program, category, tracepoint)` for every program the collector attaches.
-    pub const TCP: &[(&str, &str, &str)] = &[
-        ("inet_sock_set_state", "sock", "inet_sock_set_state"),
-        ("tcp_retransmit_skb", "tcp", "tcp_retransmit_skb"),
-        ("tcp_receive_reset", "tcp", "tcp_receive_reset"),
-        ("tcp_send_reset", "tcp", "tcp_send_reset"),
-        ("tcp_destroy_sock", "tcp", "tcp_destroy_sock"),
-        ("sock_send_length", "sock", "sock_send_length"),
+    /// Where a program attaches.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Hook {
+        /// A classic tracepoint `(category, name)`: the program reads the formatted record.
+        Tracepoint(&'static str, &'static str),
+        /// A BTF tracepoint (`tp_btf`): the program gets the raw arguments, without the cost
+        /// of formatting a record. Used for per-packet hooks.
+        BtfTracepoint(&'static str),
+    }
+
+    /// A program in the object and its hook.
+    #[derive(Clone, Copy, Debug)]
+    pub struct Program {
+        /// Name in the object file.
+        pub name: &'static str,
+        /// Where it attaches.
+        pub hook: Hook,
+    }
+
+    const fn tp(name: &'static str, category: &'static str, event: &'static str) -> Program {
+        Program { name, hook: Hook::Tracepoint(category, event) }
+    }
+
+    const fn btf(name: &'static str, event: &'static str) -> Program {
+        Program { name, hook: Hook::BtfTracepoint(event) }
+    }
+
+    /// Every program the collector attaches.
+    pub const TCP: &[Program] = &[
+        tp("inet_sock_set_state", "sock", "inet_sock_set_state"),
+        tp("tcp_retransmit_skb", "tcp", "tcp_retransmit_skb"),
+        tp("tcp_receive_reset", "tcp", "tcp_receive_reset"),
+        tp("tcp_send_reset", "tcp", "tcp_send_reset"),
+        tp("tcp_destroy_sock", "tcp", "tcp_destroy_sock"),
+        btf("sock_send_length", "sock_send_length"),
     ];
+
     /// Trivial counting programs on the same hooks, used by the benchmark as a cost floor.
-    pub const BASELINE: &[(&str, &str, &str)] = &[
-        ("baseline_inet_sock_set_state", "sock", "inet_sock_set_state"),
-        ("baseline_tcp_retransmit_skb", "tcp", "tcp_retransmit_skb"),
-        ("baseline_tcp_receive_reset", "tcp", "tcp_receive_reset"),
-        ("baseline_tcp_send_reset", "tcp", "tcp_send_reset"),
-        ("baseline_tcp_destroy_sock", "tcp", "tcp_destroy_sock"),
-        ("baseline_sock_send_length", "sock", "sock_send_length"),
+    /// Their names are the real program's prefixed with `baseline_`.
+    pub const BASELINE: &[Program] = &[
+        tp("baseline_inet_sock_set_state", "sock", "inet_sock_set_state"),
+        tp("baseline_tcp_retransmit_skb", "tcp", "tcp_retransmit_skb"),
+        tp("baseline_tcp_receive_reset", "tcp", "tcp_receive_reset"),
+        tp("baseline_tcp_send_reset", "tcp", "tcp_send_reset"),
+        tp("baseline_tcp_destroy_sock", "tcp", "tcp_destroy_sock"),
+        btf("baseline_sock_send_length", "sock_send_length"),
     ];
+
+    /// A trivial classic-tracepoint program on the send hook: what the send path would cost
+    /// as a classic tracepoint, printed by the benchmark next to the tp_btf figures.
+    pub const CLASSIC_SEND_FLOOR: Program = tp("baseline_tp_sock_send_length", "sock", "sock_send_length");
+}
+
+/// Names of the `.rodata` globals the loader sets from the kernel's BTF before loading.
+pub mod globals {
+    /// Byte offset of `sk_protocol` in `struct sock`.
+    pub const SK_PROTOCOL_OFFSET: &str = "SK_PROTOCOL_OFFSET";
 }
 
 /// The process that owns a socket (thread-group id and the task's `comm` when it was seen).
@@ -284,13 +323,6 @@ pub mod layout {
         pub const SADDR: usize = 32;
         pub const DADDR: usize = 60;
     }
-    /// `sock:sock_send_length`.
-    pub mod sock_send_length {
-        pub const SK: usize = 8;
-        pub const FAMILY: usize = 16;
-        pub const PROTOCOL: usize = 18;
-        pub const RET: usize = 20;
-    }
 
     /// Every field the programs read, for the collector's check against the running kernel.
     pub const FIELDS: &[Field] = &[
@@ -323,9 +355,5 @@ pub mod layout {
         ("tcp", "tcp_send_reset", "skaddr", 16, 8),
         ("tcp", "tcp_send_reset", "saddr", 32, 28),
         ("tcp", "tcp_send_reset", "daddr", 60, 28),
-        ("sock", "sock_send_length", "sk", 8, 8),
-        ("sock", "sock_send_length", "family", 16, 2),
-        ("sock", "sock_send_length", "protocol", 18, 2),
-        ("sock", "sock_send_length", "ret", 20, 4),
     ];
 }

@@ -1,7 +1,10 @@
 //! Trivial counting programs on the same hooks as the real ones. The benchmark attaches them
 //! next to the real programs to measure the floor cost of a tracepoint program on this machine.
 
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    macros::{btf_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, TracePointContext},
+};
 
 use crate::maps::BASELINE;
 
@@ -39,7 +42,12 @@ pub fn baseline_tcp_destroy_sock(_ctx: TracePointContext) -> u32 {
     tick(4)
 }
 
-#[tracepoint]
-pub fn baseline_sock_send_length(_ctx: TracePointContext) -> u32 {
+#[btf_tracepoint(function = "sock_send_length")]
+pub fn baseline_sock_send_length(_ctx: BtfTracePointContext) -> u32 {
     tick(5)
+}
+
+#[tracepoint]
+pub fn baseline_tp_sock_send_length(_ctx: TracePointContext) -> u32 {
+    tick(6)
 }

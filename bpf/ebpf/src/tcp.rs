@@ -12,8 +12,8 @@
 use aya_ebpf::{
     EbpfContext,
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel},
-    macros::tracepoint,
-    programs::TracePointContext,
+    macros::{btf_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, TracePointContext},
 };
 use bpfsight_common::{
     AF_INET, AF_INET6, ConnKey, Counter, ListenKey, Owner, SendStats, SockState, TcpEvent, TcpEventKind,
@@ -289,23 +289,28 @@ pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
 }
 
 /// `struct sock_common` prefix: `skc_daddr` at 0, `skc_dport` (network order) at 12, `skc_num`
-/// (local port, host order) at 14. This part of the layout has not moved in two decades,
-/// unlike the IPv6 fields further in.
+/// (local port, host order) at 14, `skc_family` at 16. This part of the layout has not moved in
+/// two decades, unlike the IPv6 fields further in.
 const SKC_DADDR: usize = 0;
 const SKC_DPORT: usize = 12;
 const SKC_NUM: usize = 14;
+const SKC_FAMILY: usize = 16;
 
-#[tracepoint]
-pub fn sock_send_length(ctx: TracePointContext) -> u32 {
-    use layout::sock_send_length as f;
-    if at::<u16>(&ctx, f::PROTOCOL) != IPPROTO_TCP {
+/// Byte offset of `sk_protocol` in `struct sock`, set by the loader from the kernel's BTF.
+#[unsafe(no_mangle)]
+static SK_PROTOCOL_OFFSET: u32 = 0;
+
+/// Counts data sent per socket. The hottest program: it runs on every `sendmsg` of every
+/// socket, so it is a BTF tracepoint (raw arguments, no record formatting) and its common path
+/// is one per-CPU hash lookup with an 8-byte key.
+#[btf_tracepoint(function = "sock_send_length")]
+pub fn sock_send_length(ctx: BtfTracePointContext) -> u32 {
+    // sock_send_length(struct sock *sk, int ret, int flags)
+    let sk: u64 = ctx.arg(0);
+    let ret: i32 = ctx.arg(1);
+    if ret <= 0 || sk == 0 {
         return 0;
     }
-    let ret: i32 = at(&ctx, f::RET);
-    if ret <= 0 {
-        return 0;
-    }
-    let sk: u64 = at(&ctx, f::SK);
     if let Some(v) = SEND_STATS.get_ptr_mut(&sk) {
         // SAFETY: per-CPU value, only this CPU writes it.
         let v = unsafe { &mut *v };
@@ -313,25 +318,41 @@ pub fn sock_send_length(ctx: TracePointContext) -> u32 {
         v.bytes += ret as u64;
         return 0;
     }
-    // First send of this socket on this CPU: the slow path.
+    send_slow_path(sk, ret);
+    0
+}
+
+/// First send of a socket on this CPU: is it TCP over IP, and do we know its owner?
+#[inline(never)]
+fn send_slow_path(sk: u64, ret: i32) {
+    // SAFETY: probe reads of kernel memory; failures skip the socket.
+    let Ok(family) = (unsafe { bpf_probe_read_kernel((sk as usize + SKC_FAMILY) as *const u16) }) else {
+        return;
+    };
+    if family != AF_INET && family != AF_INET6 {
+        return;
+    }
+    // SAFETY: a .rodata constant the loader set.
+    let proto_off = unsafe { core::ptr::read_volatile(&SK_PROTOCOL_OFFSET) } as usize;
+    let Ok(proto) = (unsafe { bpf_probe_read_kernel((sk as usize + proto_off) as *const u16) }) else {
+        return;
+    };
+    if proto != IPPROTO_TCP {
+        return;
+    }
     let first = SendStats { sends: 1, bytes: ret as u64 };
     if SEND_STATS.insert(&sk, &first, 0).is_err() {
         count(Counter::SendStatsFull);
     }
     // SAFETY: read-only presence check.
     if unsafe { SOCKS.get(&sk) }.is_none() {
-        learn_owner(sk, at(&ctx, f::FAMILY));
+        learn_owner(sk, family);
     }
-    0
 }
-
 /// A socket from before bpfsight started, seen sending in process context: remember its
 /// owner so that its retransmits and resets are attributed too.
-#[inline(never)]
+#[inline(always)]
 fn learn_owner(sk: u64, family: u16) {
-    if family != AF_INET && family != AF_INET6 {
-        return;
-    }
     let mut peer_addr = [0u8; 16];
     let mut peer_port = 0u16;
     if family == AF_INET {

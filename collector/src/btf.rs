@@ -1,0 +1,204 @@
+//! Just enough of a BTF reader to find struct member offsets in the running kernel
+//! (`/sys/kernel/btf/vmlinux`), so programs can read kernel structs without CO-RE.
+//!
+//! Format: a header, a type section (`btf_type` records with kind-specific trailers) and a
+//! string section; see the kernel's Documentation/bpf/btf.rst.
+
+use std::path::Path;
+
+const MAGIC: u16 = 0xeb9f;
+const KIND_STRUCT: u32 = 4;
+const KIND_UNION: u32 = 5;
+
+/// Why a member offset could not be found.
+#[derive(Debug, thiserror::Error)]
+pub enum BtfError {
+    /// The file could not be read.
+    #[error("reading {path}: {source}")]
+    Io {
+        /// Path.
+        path: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// Not BTF, or truncated.
+    #[error("malformed BTF: {0}")]
+    Malformed(&'static str),
+    /// The struct or member is not there.
+    #[error("no member {member} in struct {strukt} in the kernel's BTF")]
+    NotFound {
+        /// Struct name.
+        strukt: String,
+        /// Member name.
+        member: String,
+    },
+}
+
+#[derive(Clone, Copy)]
+struct Type {
+    name_off: u32,
+    kind: u32,
+    vlen: usize,
+    kind_flag: bool,
+    /// Offset of the first member record (for structs and unions).
+    members_at: usize,
+}
+
+/// Parsed type index over a BTF blob.
+pub struct Btf {
+    data: Vec<u8>,
+    str_at: usize,
+    str_len: usize,
+    /// `types[id - 1]`: type ids start at 1.
+    types: Vec<Type>,
+}
+
+fn u16_at(d: &[u8], at: usize) -> Option<u16> {
+    d.get(at..at + 2).map(|b| u16::from_le_bytes([b[0], b[1]]))
+}
+
+fn u32_at(d: &[u8], at: usize) -> Option<u32> {
+    d.get(at..at + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+impl Btf {
+    /// The running kernel's BTF.
+    pub fn from_sys_fs() -> Result<Btf, BtfError> {
+        Self::from_file(Path::new("/sys/kernel/btf/vmlinux"))
+    }
+
+    /// BTF from a file.
+    pub fn from_file(path: &Path) -> Result<Btf, BtfError> {
+        let data = std::fs::read(path)
+            .map_err(|source| BtfError::Io { path: path.display().to_string(), source })?;
+        Self::parse(data)
+    }
+
+    /// BTF from bytes (little-endian, as on x86_64 and arm64).
+    pub fn parse(data: Vec<u8>) -> Result<Btf, BtfError> {
+        let bad = BtfError::Malformed;
+        if u16_at(&data, 0) != Some(MAGIC) {
+            return Err(bad("bad magic"));
+        }
+        let hdr_len = u32_at(&data, 4).ok_or(bad("short header"))? as usize;
+        let type_off = u32_at(&data, 8).ok_or(bad("short header"))? as usize;
+        let type_len = u32_at(&data, 12).ok_or(bad("short header"))? as usize;
+        let str_off = u32_at(&data, 16).ok_or(bad("short header"))? as usize;
+        let str_len = u32_at(&data, 20).ok_or(bad("short header"))? as usize;
+        let (types_start, str_at) = (hdr_len + type_off, hdr_len + str_off);
+        if data.len() < str_at + str_len || data.len() < types_start + type_len {
+            return Err(bad("sections past the end"));
+        }
+        let mut types = Vec::new();
+        let mut at = types_start;
+        let end = types_start + type_len;
+        while at < end {
+            let name_off = u32_at(&data, at).ok_or(bad("truncated type"))?;
+            let info = u32_at(&data, at + 4).ok_or(bad("truncated type"))?;
+            let kind = (info >> 24) & 0x1f;
+            let vlen = (info & 0xffff) as usize;
+            let members_at = at + 12;
+            let trailer = match kind {
+                1 => 4,             // INT
+                3 => 12,            // ARRAY
+                4 | 5 => 12 * vlen, // STRUCT, UNION
+                6 => 8 * vlen,      // ENUM
+                13 => 8 * vlen,     // FUNC_PROTO
+                14 => 4,            // VAR
+                15 => 12 * vlen,    // DATASEC
+                17 => 4,            // DECL_TAG
+                19 => 12 * vlen,    // ENUM64
+                2 | 7..=12 | 16 | 18 => 0,
+                _ => return Err(bad("unknown type kind")),
+            };
+            types.push(Type { name_off, kind, vlen, kind_flag: info >> 31 == 1, members_at });
+            at = members_at + trailer;
+        }
+        Ok(Btf { data, str_at, str_len, types })
+    }
+
+    fn name(&self, off: u32) -> &str {
+        let start = self.str_at + off as usize;
+        let end_max = self.str_at + self.str_len;
+        let bytes = &self.data[start.min(end_max)..end_max];
+        let n = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+        std::str::from_utf8(&bytes[..n]).unwrap_or("")
+    }
+
+    /// Byte offset of `member` in `struct strukt`, looking inside anonymous structs/unions.
+    pub fn member_offset(&self, strukt: &str, member: &str) -> Result<usize, BtfError> {
+        let not_found = || BtfError::NotFound { strukt: strukt.into(), member: member.into() };
+        let t = self
+            .types
+            .iter()
+            .find(|t| t.kind == KIND_STRUCT && t.vlen > 0 && self.name(t.name_off) == strukt)
+            .ok_or_else(not_found)?;
+        let bits = self.find_member(*t, member, 0, 0).ok_or_else(not_found)?;
+        if bits % 8 != 0 {
+            return Err(not_found());
+        }
+        Ok(bits / 8)
+    }
+
+    fn find_member(&self, t: Type, member: &str, base_bits: usize, depth: usize) -> Option<usize> {
+        if depth > 8 {
+            return None;
+        }
+        for i in 0..t.vlen {
+            let at = t.members_at + 12 * i;
+            let name_off = u32_at(&self.data, at)?;
+            let type_id = u32_at(&self.data, at + 4)? as usize;
+            let raw = u32_at(&self.data, at + 8)? as usize;
+            let bits = base_bits + if t.kind_flag { raw & 0xff_ffff } else { raw };
+            let name = self.name(name_off);
+            if name == member {
+                return Some(bits);
+            }
+            if name.is_empty() {
+                let inner = self.resolve(type_id)?;
+                if (inner.kind == KIND_STRUCT || inner.kind == KIND_UNION)
+                    && let Some(found) = self.find_member(inner, member, bits, depth + 1)
+                {
+                    return Some(found);
+                }
+            }
+        }
+        None
+    }
+
+    /// Follows typedefs and qualifiers to the underlying type.
+    fn resolve(&self, mut id: usize) -> Option<Type> {
+        for _ in 0..16 {
+            let t = *self.types.get(id.checked_sub(1)?)?;
+            match t.kind {
+                8..=11 | 18 => id = u32_at(&self.data, t.members_at - 4)? as usize,
+                _ => return Some(t),
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_sock_common_members_in_the_running_kernel() {
+        let btf = Btf::from_sys_fs().expect("kernel BTF (the project requires CONFIG_DEBUG_INFO_BTF)");
+        // These have been stable for decades; they validate the parser.
+        assert_eq!(btf.member_offset("sock_common", "skc_family").unwrap(), 16);
+        assert_eq!(btf.member_offset("sock_common", "skc_dport").unwrap(), 12);
+        // Inside an anonymous union.
+        assert_eq!(btf.member_offset("sock_common", "skc_daddr").unwrap(), 0);
+        let proto = btf.member_offset("sock", "sk_protocol").unwrap();
+        assert!(proto > 16 && proto < 1024, "{proto}");
+        assert!(matches!(btf.member_offset("sock", "no_such_member"), Err(BtfError::NotFound { .. })));
+    }
+
+    #[test]
+    fn refuses_garbage() {
+        assert!(Btf::parse(vec![0; 64]).is_err());
+        assert!(Btf::parse(vec![0x9f, 0xeb, 1, 0, 24, 0, 0, 0, 0, 0, 0, 0, 255, 0, 0, 0]).is_err());
+    }
+}
