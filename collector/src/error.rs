@@ -8,7 +8,7 @@ pub enum CollectorError {
     /// The process lacks a capability the kernel requires.
     #[error(
         "permission denied: loading eBPF programs needs {missing}. Run bpfsight as root, or grant \
-         the binary the capabilities: `sudo setcap cap_bpf,cap_perfmon,cap_sys_resource+ep \
+         the binary the capabilities: `sudo setcap cap_bpf,cap_perfmon,cap_dac_read_search+ep \
          $(command -v bpfsight)` (kernel.unprivileged_bpf_disabled does not matter then)"
     )]
     PermissionDenied {

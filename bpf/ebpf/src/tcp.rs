@@ -323,7 +323,9 @@ pub fn sock_send_length(ctx: BtfTracePointContext) -> u32 {
 }
 
 /// First send of a socket on this CPU: is it TCP over IP, and do we know its owner?
-#[inline(never)]
+/// (Inlined: a separate function would carry a mangled, build-dependent symbol name into the
+/// committed object.)
+#[inline(always)]
 fn send_slow_path(sk: u64, ret: i32) {
     // SAFETY: probe reads of kernel memory; failures skip the socket.
     let Ok(family) = (unsafe { bpf_probe_read_kernel((sk as usize + SKC_FAMILY) as *const u16) }) else {
