@@ -18,7 +18,7 @@ use bpfsight_collector::loader::{ProgramSet, enable_bpf_stats};
 use bpfsight_collector::{Collector, CollectorConfig};
 
 const RPC_SECS: f64 = 2.0;
-const ROUNDS: usize = 7;
+const ROUNDS: usize = 9;
 const TOOL_CALLS: usize = 3000;
 
 fn main() {
@@ -206,6 +206,21 @@ fn throughput() {
         floor.push(rpc_rate(port, clients, RPC_SECS));
         drop(c);
     }
+    // A low-noise view of the same cost: the CPU time the programs themselves used during an
+    // attached round, as a share of the machine (bpf_stats adds its own timing overhead, so
+    // this errs high).
+    let share = {
+        let _stats = enable_bpf_stats().expect("enable BPF statistics");
+        let c = Collector::start(CollectorConfig::default()).expect("start collector");
+        std::thread::sleep(Duration::from_millis(1100));
+        let before: u128 = c.program_stats().iter().map(|p| p.run_time.as_nanos()).sum();
+        let t = Instant::now();
+        rpc_rate(port, clients, RPC_SECS);
+        std::thread::sleep(Duration::from_millis(1100));
+        let after: u128 = c.program_stats().iter().map(|p| p.run_time.as_nanos()).sum();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        (after - before) as f64 / (t.elapsed().as_nanos() as f64 * cores)
+    };
     let (off_m, on_m, floor_m) = (median(off.clone()), median(on.clone()), median(floor.clone()));
     println!(
         "2. Loopback 64-byte request/response, {clients} clients, {ROUNDS} interleaved rounds of {RPC_SECS} s (medians)"
@@ -218,6 +233,10 @@ fn throughput() {
         on_m / off_m,
         100.0 * (1.0 - on_m / off_m),
         100.0 * (1.0 - floor_m / off_m)
+    );
+    println!(
+        "   CPU time in bpfsight's programs during an attached round: {:.2} % of the machine\n",
+        100.0 * share
     );
     stop.store(true, Ordering::Relaxed);
 }

@@ -2,16 +2,14 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use bpfsight_common::{COUNTERS_LEN, ConnKey, ConnStats, Counter, ListenKey, Owner, SendStats, SockState};
 
-/// `BPF_F_NO_COMMON_LRU`: per-CPU LRU lists, so inserts do not contend on one global list.
-const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
-
-/// Sockets we track; LRU so that sockets whose destruction we missed age out.
+/// Sockets we track, deleted by `tcp_destroy_sock`. A plain hash rather than an LRU: LRU
+/// deletes cost more, and every tracked socket is destroyed through that hook.
 #[map(name = "SOCKS")]
-pub static SOCKS: LruHashMap<u64, SockState> = LruHashMap::with_max_entries(65536, BPF_F_NO_COMMON_LRU);
+pub static SOCKS: HashMap<u64, SockState> = HashMap::with_max_entries(65536, 0);
 
 /// Per-socket send counters: the hottest path, so an 8-byte key and nothing else.
 #[map(name = "SEND_STATS")]
