@@ -37,6 +37,12 @@ if [ ! -x "$VENV/bin/python" ] || ! cmp -s tests/requirements.txt "$VENV/.requir
   cp tests/requirements.txt "$VENV/.requirements"
 fi
 
+# --- MCP Inspector CLI (npm) with a Node 22 binary for it, for the interoperability tests ---
+if [ ! -x tests/inspector/node_modules/.bin/mcp-inspector ] || [ tests/inspector/package-lock.json -nt tests/inspector/node_modules ]; then
+  log "npm: MCP Inspector CLI"
+  (cd tests/inspector && npm ci --silent --no-audit --no-fund)
+fi
+
 # --- optional: toolchain to rebuild bpf/ from source ------------------------------------------
 if [ $want_bpf = 1 ]; then
   rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^rust-src' \

@@ -5,7 +5,11 @@
 //! `bpfsight-collector`.
 
 pub mod args;
+pub mod audit;
+pub mod auth;
+pub mod http;
 pub mod server;
+pub mod sse;
 mod summary;
 
-pub use server::BpfsightServer;
+pub use server::{BpfsightServer, Policy};

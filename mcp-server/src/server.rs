@@ -1,23 +1,72 @@
 //! The MCP server: one struct, one method per tool.
 
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use bpfsight_collector::Store;
 use bpfsight_collector::query::{ConnectionQuery, ERROR_RATE_DEFINITION, ServiceListQuery};
 use rmcp::handler::server::common::schema_for_type;
 use rmcp::handler::server::router::tool::ToolRouter;
-use rmcp::model::{CallToolResult, ContentBlock, Implementation, ServerCapabilities, ServerConfig};
-use rmcp::{ErrorData, ServerHandler, tool, tool_handler, tool_router};
+use rmcp::handler::server::tool::ToolCallContext;
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
+    ServerCapabilities, ServerConfig,
+};
+use rmcp::service::RequestContext;
+use rmcp::{ErrorData, RoleServer, ServerHandler, tool, tool_handler, tool_router};
 use serde::Serialize;
 
 use crate::args::{self, Args, ConnectionStatsArgs, ListServicesArgs, ServiceErrorsArgs};
+use crate::audit::{AuditLog, AuditRecord, now_rfc3339};
+use crate::auth::{Principal, Role};
 use crate::summary;
+
+/// How a server instance treats callers: who they are by default, which tools exist, where
+/// calls are audited.
+#[derive(Clone)]
+pub struct Policy {
+    /// Principal for calls that carry none (stdio, or loopback HTTP without tokens).
+    pub local_principal: Principal,
+    /// `stdio` or `http`, for the audit log.
+    pub transport: &'static str,
+    /// Only these tools are listed and callable (None: all).
+    pub allow_tools: Option<Vec<String>>,
+    /// These tools are hidden and refused.
+    pub deny_tools: Vec<String>,
+    /// Where calls are recorded.
+    pub audit: Option<Arc<AuditLog>>,
+    /// Longest a tool call may take.
+    pub call_timeout: Duration,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            local_principal: Principal { name: "local".into(), role: Role::Read },
+            transport: "stdio",
+            allow_tools: None,
+            deny_tools: Vec::new(),
+            audit: None,
+            call_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A `--tools` / `--deny-tools` entry that names no tool.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown tool {name:?} in {flag}; the tools are: {known}")]
+pub struct UnknownTool {
+    name: String,
+    flag: &'static str,
+    known: String,
+}
 
 /// Serves bpfsight's tools over any rmcp transport, reading from a collector's [`Store`].
 #[derive(Clone)]
 pub struct BpfsightServer {
     store: Arc<RwLock<Store>>,
     tool_router: ToolRouter<Self>,
+    policy: Arc<Policy>,
 }
 
 const INSTRUCTIONS: &str = "bpfsight answers questions about this Linux host from eBPF data \
@@ -35,9 +84,39 @@ fn result<T: Serialize>(value: &T, text: String) -> Result<CallToolResult, Error
 }
 
 impl BpfsightServer {
-    /// A server answering from `store`.
+    /// A server answering from `store` with the default policy (stdio, all tools, read role).
     pub fn new(store: Arc<RwLock<Store>>) -> Self {
-        BpfsightServer { store, tool_router: Self::tool_router() }
+        Self::with_policy(store, Policy::default()).expect("the default policy names no tools")
+    }
+
+    /// A server answering from `store` under `policy`; fails if the policy names unknown tools.
+    pub fn with_policy(store: Arc<RwLock<Store>>, policy: Policy) -> Result<Self, UnknownTool> {
+        let mut tool_router = Self::tool_router();
+        let known: Vec<String> = tool_router.list_all().into_iter().map(|t| t.name.to_string()).collect();
+        let check = |names: &[String], flag: &'static str| {
+            for n in names {
+                if !known.contains(n) {
+                    return Err(UnknownTool { name: n.clone(), flag, known: known.join(", ") });
+                }
+            }
+            Ok(())
+        };
+        if let Some(allow) = &policy.allow_tools {
+            check(allow, "--tools")?;
+        }
+        check(&policy.deny_tools, "--deny-tools")?;
+        for name in &known {
+            let allowed = policy.allow_tools.as_ref().is_none_or(|a| a.contains(name));
+            if !allowed || policy.deny_tools.contains(name) {
+                tool_router.disable_route(name.clone());
+            }
+        }
+        Ok(BpfsightServer { store, tool_router, policy: Arc::new(policy) })
+    }
+
+    /// Every tool this server offers, as `tools/list` returns them.
+    pub fn tools(&self) -> Vec<rmcp::model::Tool> {
+        self.tool_router.list_all()
     }
 
     fn read(&self) -> Result<std::sync::RwLockReadGuard<'_, Store>, ErrorData> {
@@ -113,8 +192,83 @@ answering connects to closed ports.",
     }
 }
 
+/// Who is calling, from the HTTP layer's extensions, else the policy's local principal.
+fn caller(ctx: &RequestContext<RoleServer>, policy: &Policy) -> (Principal, String) {
+    let parts = ctx.extensions.get::<http::request::Parts>();
+    let principal = parts
+        .and_then(|p| p.extensions.get::<Principal>().cloned())
+        .unwrap_or_else(|| policy.local_principal.clone());
+    let session = parts
+        .and_then(|p| p.headers.get("mcp-session-id"))
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or(policy.transport)
+        .to_string();
+    (principal, session)
+}
+
 #[tool_handler(router = self.tool_router)]
 impl ServerHandler for BpfsightServer {
+    /// Every call goes through here: role check, timeout, and one audit line.
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let started = Instant::now();
+        let (principal, session) = caller(&context, &self.policy);
+        let tool = request.name.to_string();
+        let arguments = serde_json::Value::Object(request.arguments.clone().unwrap_or_default());
+        let read_only = self
+            .tool_router
+            .get(&tool)
+            .is_none_or(|t| t.annotations.as_ref().and_then(|a| a.read_only_hint) == Some(true));
+        let result = if !read_only && principal.role < Role::Write {
+            Err(ErrorData::invalid_request(
+                format!("{} has the read role; {tool} changes state and needs a write token", principal.name),
+                None,
+            ))
+        } else {
+            let call = self.tool_router.call(ToolCallContext::new(self, request, context));
+            match tokio::time::timeout(self.policy.call_timeout, call).await {
+                Ok(r) => r,
+                Err(_) => Err(ErrorData::internal_error(
+                    format!("{tool} did not finish within {:?}", self.policy.call_timeout),
+                    None,
+                )),
+            }
+        };
+        if let Some(audit) = &self.policy.audit {
+            let (outcome, error, bytes) = match &result {
+                Ok(CallToolResponse::Complete(r)) => {
+                    let bytes = serde_json::to_vec(r).map_or(0, |v| v.len());
+                    let err = r.is_error == Some(true);
+                    (if err { "tool_error" } else { "ok" }, None, bytes)
+                }
+                Ok(_) => ("ok", None, 0),
+                Err(e) if e.code == rmcp::model::ErrorCode::INVALID_PARAMS => {
+                    ("invalid_params", Some(e.message.to_string()), 0)
+                }
+                Err(e) if e.code == rmcp::model::ErrorCode::INVALID_REQUEST => {
+                    ("denied", Some(e.message.to_string()), 0)
+                }
+                Err(e) => ("error", Some(e.message.to_string()), 0),
+            };
+            audit.write(&AuditRecord {
+                time: now_rfc3339(),
+                session: &session,
+                principal: &principal.name,
+                transport: self.policy.transport,
+                tool: &tool,
+                arguments: &arguments,
+                outcome,
+                error: error.as_deref(),
+                result_bytes: bytes,
+                latency_ms: started.elapsed().as_secs_f64() * 1e3,
+            });
+        }
+        result
+    }
+
     fn get_info(&self) -> ServerConfig {
         ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
             .with_server_info(Implementation::new("bpfsight", env!("CARGO_PKG_VERSION")))

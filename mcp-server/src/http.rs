@@ -1,0 +1,173 @@
+//! MCP over streamable HTTP (rmcp's transport, at `/mcp`) and the legacy HTTP+SSE transport
+//! (`/sse` + `/messages`), behind bpfsight's own gate: Origin validation
+//! against DNS rebinding, bearer-token authentication, and a refusal to listen beyond loopback
+//! without tokens.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+
+use crate::auth::{Principal, Role, Tokens};
+use crate::server::BpfsightServer;
+
+/// How the HTTP endpoint is exposed.
+pub struct HttpConfig {
+    /// Address to listen on.
+    pub addr: SocketAddr,
+    /// Bearer tokens; required unless `addr` is loopback.
+    pub tokens: Option<Arc<Tokens>>,
+    /// Browser origins allowed besides loopback ones (`https://host:port`).
+    pub allowed_origins: Vec<String>,
+    /// Host names clients use to reach the server, besides loopback names.
+    pub allowed_hosts: Vec<String>,
+    /// Largest request body accepted.
+    pub max_body_bytes: usize,
+    /// Sessions idle this long are closed.
+    pub session_idle: Duration,
+    /// Most legacy SSE sessions open at once.
+    pub max_sessions: usize,
+}
+
+struct Gate {
+    tokens: Option<Arc<Tokens>>,
+    allowed_origins: Vec<String>,
+    anonymous: Principal,
+}
+
+fn deny(status: StatusCode, message: &str) -> Response {
+    let body = serde_json::json!({"error": message}).to_string();
+    let mut r = (status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"bpfsight\""));
+    }
+    r
+}
+
+/// `scheme://host[:port]` -> host, for the loopback check.
+fn origin_host(origin: &str) -> Option<&str> {
+    let rest = origin.split_once("://")?.1;
+    let host =
+        if let Some(v6) = rest.strip_prefix('[') { v6.split(']').next()? } else { rest.split(':').next()? };
+    Some(host)
+}
+
+fn origin_allowed(origin: &str, allowed: &[String]) -> bool {
+    if allowed.iter().any(|a| a == origin) {
+        return true;
+    }
+    matches!(origin_host(origin), Some("localhost" | "127.0.0.1" | "::1"))
+}
+
+async fn gate(State(g): State<Arc<Gate>>, mut req: Request, next: Next) -> Response {
+    if let Some(origin) = req.headers().get(header::ORIGIN) {
+        let ok = origin.to_str().is_ok_and(|o| origin_allowed(o, &g.allowed_origins));
+        if !ok {
+            return deny(StatusCode::FORBIDDEN, "origin not allowed; add it with --allowed-origin");
+        }
+    }
+    let principal = match &g.tokens {
+        None => g.anonymous.clone(),
+        Some(tokens) => {
+            let presented = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(str::trim);
+            match presented.and_then(|t| tokens.authenticate(t.as_bytes())) {
+                Some(p) => p,
+                None => return deny(StatusCode::UNAUTHORIZED, "missing or invalid bearer token"),
+            }
+        }
+    };
+    req.extensions_mut().insert(principal);
+    next.run(req).await
+}
+
+/// Checks the configuration before binding: what would be unsafe is refused with how to fix it.
+pub fn check(cfg: &HttpConfig) -> anyhow::Result<()> {
+    if !cfg.addr.ip().is_loopback() && cfg.tokens.is_none() {
+        bail!(
+            "refusing to serve on {} without authentication: anyone who can reach it could query this \
+             host. Put tokens in a file (one `NAME ROLE SECRET` per line, ROLE read or write) and pass \
+             --tokens-file PATH, or set BPFSIGHT_TOKENS; or listen on 127.0.0.1",
+            cfg.addr
+        );
+    }
+    if !cfg.addr.ip().is_loopback() && cfg.allowed_hosts.is_empty() {
+        bail!(
+            "serving on {} needs --allowed-host NAME for each host name clients use to reach it (Host \
+             header validation protects against DNS rebinding)",
+            cfg.addr
+        );
+    }
+    Ok(())
+}
+
+/// The router: `/mcp` for streamable HTTP, `/sse` and `/messages` for legacy clients, all
+/// behind the gate.
+pub fn router(server: BpfsightServer, cfg: &HttpConfig) -> Router {
+    let mut sc = StreamableHttpServerConfig::default();
+    let mut hosts: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into(), "[::1]".into()];
+    hosts.extend(cfg.allowed_hosts.iter().cloned());
+    sc.allowed_hosts = hosts;
+    sc.max_request_body_bytes = cfg.max_body_bytes;
+    let mut sessions = LocalSessionManager::default();
+    sessions.session_config.keep_alive = Some(cfg.session_idle);
+    let server_for_sse = server.clone();
+    let service = StreamableHttpService::new(move || Ok(server.clone()), Arc::new(sessions), sc);
+    let gate_state = Arc::new(Gate {
+        tokens: cfg.tokens.clone(),
+        allowed_origins: cfg.allowed_origins.clone(),
+        anonymous: Principal { name: "anonymous".into(), role: Role::Read },
+    });
+    let legacy = crate::sse::SseSessions::new(server_for_sse, cfg.max_sessions);
+    Router::new()
+        .nest_service("/mcp", service)
+        .route("/sse", axum::routing::get(crate::sse::open))
+        .route("/messages", axum::routing::post(crate::sse::post))
+        .with_state(legacy)
+        .layer(middleware::from_fn_with_state(gate_state, gate))
+}
+
+/// Serves until `shutdown` resolves.
+pub async fn serve(
+    server: BpfsightServer,
+    cfg: HttpConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    check(&cfg)?;
+    let app = router(server, &cfg);
+    let listener =
+        tokio::net::TcpListener::bind(cfg.addr).await.with_context(|| format!("binding {}", cfg.addr))?;
+    let local = listener.local_addr()?;
+    tracing::info!(addr = %local, auth = cfg.tokens.as_ref().map_or(0, |t| t.len()), "serving MCP over streamable HTTP at /mcp");
+    // Tests and scripts read the bound address (port 0 picks one) from this line on stderr.
+    eprintln!("bpfsight: listening on http://{local}/mcp");
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("HTTP server")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_origins_pass_and_others_need_the_allowlist() {
+        assert!(origin_allowed("http://localhost:6274", &[]));
+        assert!(origin_allowed("http://127.0.0.1", &[]));
+        assert!(origin_allowed("http://[::1]:80", &[]));
+        assert!(!origin_allowed("https://evil.example", &[]));
+        assert!(!origin_allowed("http://localhost.evil.example", &[]));
+        assert!(origin_allowed("https://app.example.com", &["https://app.example.com".into()]));
+    }
+}
