@@ -137,6 +137,7 @@ if __name__ == "__main__":
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--count", type=int, default=10)
     p.add_argument("--size", type=int, default=1024)
+    p.add_argument("--note", nargs="*", default=[], help="ignored; lets tests put text in the command line")
     args = p.parse_args()
     set_name(args.name)
     ROLES[args.role](args)

@@ -4,10 +4,23 @@ use std::collections::HashMap;
 
 use crate::service::{Pid, ServiceId};
 
+/// Longest command line kept per service, bytes.
+pub const MAX_CMDLINE: usize = 512;
+
+/// Live processes grouped by service.
+#[derive(Clone, Debug, Default)]
+pub struct ProcessTable {
+    /// Pids by service (sorted, capped).
+    pub pids: HashMap<ServiceId, Vec<Pid>>,
+    /// Command line of the service's lowest pid, arguments joined by spaces, truncated. It can
+    /// hold secrets: the MCP layer redacts every result before it leaves the process.
+    pub cmdlines: HashMap<ServiceId, String>,
+}
+
 /// Scans /proc: live processes by service name (pids sorted, at most `max_pids` each).
-pub fn scan(max_pids: usize) -> HashMap<ServiceId, Vec<Pid>> {
+pub fn scan(max_pids: usize) -> ProcessTable {
     let mut out: HashMap<ServiceId, Vec<Pid>> = HashMap::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else { return out };
+    let Ok(dir) = std::fs::read_dir("/proc") else { return ProcessTable::default() };
     for e in dir.flatten() {
         let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<Pid>().ok()) else { continue };
         let Ok(comm) = std::fs::read_to_string(format!("/proc/{pid}/comm")) else { continue };
@@ -21,10 +34,29 @@ pub fn scan(max_pids: usize) -> HashMap<ServiceId, Vec<Pid>> {
             v.push(pid);
         }
     }
-    for v in out.values_mut() {
+    let mut cmdlines = HashMap::new();
+    for (id, v) in out.iter_mut() {
         v.sort_unstable();
+        if let Some(c) = v.first().and_then(|p| cmdline(*p)) {
+            cmdlines.insert(id.clone(), c);
+        }
     }
-    out
+    ProcessTable { pids: out, cmdlines }
+}
+
+fn cmdline(pid: Pid) -> Option<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let mut s: String =
+        String::from_utf8_lossy(&raw).split('\0').filter(|a| !a.is_empty()).collect::<Vec<_>>().join(" ");
+    if s.len() > MAX_CMDLINE {
+        let mut cut = MAX_CMDLINE;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push('…');
+    }
+    Some(s)
 }
 
 fn is_kernel_thread(pid: Pid) -> bool {

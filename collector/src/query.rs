@@ -259,6 +259,8 @@ pub struct ServiceSummary {
     pub pids: Vec<Pid>,
     /// Number of live processes.
     pub process_count: usize,
+    /// Command line of its lowest live pid (truncated; secrets are masked before it leaves).
+    pub cmdline: Option<String>,
     /// Whether any process of the service is alive.
     pub running: bool,
     /// TCP connections established now (opened since bpfsight started).
@@ -467,6 +469,7 @@ impl Store {
                     identity: st.map(|s| s.identity).unwrap_or(IdentitySource::ProcessName),
                     pids,
                     process_count: live.map_or(0, |p| p.len()),
+                    cmdline: self.cmdlines.get(id).cloned(),
                     running: live.is_some(),
                     active_connections: st.map_or(0, |s| s.active()),
                     opened_5m: c.opened(),

@@ -200,6 +200,8 @@ pub struct Store {
     pub(crate) events: VecDeque<TcpEventRecord>,
     /// Live processes by service name, refreshed by the collector.
     pub(crate) processes: HashMap<ServiceId, Vec<Pid>>,
+    /// Command line per live service.
+    pub(crate) cmdlines: HashMap<ServiceId, String>,
     /// The second the latest data belongs to; queries look back from here.
     pub(crate) now: u64,
     pub(crate) health: Health,
@@ -263,8 +265,9 @@ impl Store {
     }
 
     /// Replaces the live process table.
-    pub fn set_processes(&mut self, procs: HashMap<ServiceId, Vec<Pid>>) {
-        self.processes = procs;
+    pub fn set_processes(&mut self, procs: crate::procs::ProcessTable) {
+        self.processes = procs.pids;
+        self.cmdlines = procs.cmdlines;
     }
 
     /// Mutable access to health counters, for the collector.

@@ -10,6 +10,7 @@ use anyhow::{Context, bail};
 use bpfsight::audit::AuditLog;
 use bpfsight::auth::Tokens;
 use bpfsight::http::HttpConfig;
+use bpfsight::redact::{Redactor, Treatment};
 use bpfsight::{BpfsightServer, Policy};
 use bpfsight_collector::{Collector, CollectorConfig, Store, Window};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -38,6 +39,16 @@ enum Command {
 
 #[derive(Args)]
 struct PolicyArgs {
+    /// IP addresses in results: keep, mask, or hash (stable keyed hash). Loopback stays as is.
+    #[arg(long, value_enum, default_value = "keep")]
+    redact_ips: Treatment,
+    /// User names in results (in /home/NAME and user=NAME): keep, mask, or hash.
+    #[arg(long, value_enum, default_value = "keep")]
+    redact_users: Treatment,
+    /// Key file for `hash` redaction (created with a random key if missing), so the same
+    /// address hashes the same across restarts. BPFSIGHT_REDACTION_KEY overrides it.
+    #[arg(long, value_name = "PATH", default_value = "/var/lib/bpfsight/redaction.key")]
+    redaction_key_file: PathBuf,
     /// Only offer these tools (comma-separated), for clients that cap the tool count.
     #[arg(long, value_delimiter = ',')]
     tools: Option<Vec<String>>,
@@ -102,6 +113,8 @@ struct CallArgs {
     /// How long to collect before calling, e.g. "3s", "1m".
     #[arg(long, default_value = "3s")]
     collect: String,
+    #[command(flatten)]
+    policy: PolicyArgs,
 }
 
 fn main() -> ExitCode {
@@ -136,8 +149,50 @@ fn main() -> ExitCode {
     }
 }
 
-fn policy_from(a: &PolicyArgs) -> Policy {
-    Policy { allow_tools: a.tools.clone(), deny_tools: a.deny_tools.clone(), ..Policy::default() }
+fn policy_from(a: &PolicyArgs) -> anyhow::Result<Policy> {
+    let hashing = a.redact_ips == Treatment::Hash || a.redact_users == Treatment::Hash;
+    let key = if hashing { redaction_key(&a.redaction_key_file)? } else { (0, 0) };
+    Ok(Policy {
+        allow_tools: a.tools.clone(),
+        deny_tools: a.deny_tools.clone(),
+        redactor: Arc::new(Redactor::new(a.redact_ips, a.redact_users, key)),
+        ..Policy::default()
+    })
+}
+
+/// The per-deployment redaction hash key: from BPFSIGHT_REDACTION_KEY, else from the key
+/// file, created with 16 random bytes (mode 600) on first use.
+fn redaction_key(path: &std::path::Path) -> anyhow::Result<(u64, u64)> {
+    use std::hash::Hasher;
+    let material = match std::env::var("BPFSIGHT_REDACTION_KEY") {
+        Ok(k) if !k.is_empty() => k.into_bytes(),
+        _ => match std::fs::read(path) {
+            Ok(k) if k.len() >= 16 => k,
+            _ => {
+                let mut k = [0u8; 16];
+                std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut k)?;
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+                }
+                use std::os::unix::fs::OpenOptionsExt;
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(path)
+                    .with_context(|| format!("writing the redaction key {}", path.display()))?;
+                std::io::Write::write_all(&mut f, &k)?;
+                k.to_vec()
+            }
+        },
+    };
+    let half = |salt: u64| {
+        let mut h = siphasher::sip::SipHasher13::new_with_keys(salt, !salt);
+        h.write(&material);
+        h.finish()
+    };
+    Ok((half(1), half(2)))
 }
 
 fn load_tokens(path: Option<&PathBuf>) -> anyhow::Result<Option<Arc<Tokens>>> {
@@ -149,7 +204,7 @@ fn load_tokens(path: Option<&PathBuf>) -> anyhow::Result<Option<Arc<Tokens>>> {
 }
 
 async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
-    let mut policy = policy_from(&a.policy);
+    let mut policy = policy_from(&a.policy)?;
     policy.call_timeout = Duration::from_secs(a.call_timeout_secs.max(1));
     if let Some(path) = &a.audit_log {
         let log = AuditLog::open(path.clone(), a.audit_max_bytes)
@@ -196,7 +251,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
 fn tools(a: PolicyArgs) -> anyhow::Result<ExitCode> {
     // The tool list does not depend on data: an empty store will do, and no privileges.
     let store = Arc::new(std::sync::RwLock::new(Store::default()));
-    let server = BpfsightServer::with_policy(store, policy_from(&a))?;
+    let server = BpfsightServer::with_policy(store, policy_from(&a)?)?;
     println!("{}", serde_json::to_string_pretty(&server.tools())?);
     Ok(ExitCode::SUCCESS)
 }
@@ -207,10 +262,11 @@ async fn call(a: CallArgs) -> anyhow::Result<ExitCode> {
         bail!("--args must be a JSON object, like '{{\"window\": \"1m\"}}'")
     };
     let collect: Window = a.collect.parse().map_err(|e| anyhow::anyhow!("--collect: {e}"))?;
+    policy_from(&a.policy)?; // refuse a bad policy before collecting
     let collector = Collector::start(CollectorConfig::default()).context("starting the eBPF collector")?;
     tokio::time::sleep(Duration::from_secs(collect.secs()) + Duration::from_millis(1100)).await;
     // The call goes through the real MCP server and client, over an in-process pipe.
-    let server = BpfsightServer::new(collector.store().clone());
+    let server = BpfsightServer::with_policy(collector.store().clone(), policy_from(&a.policy)?)?;
     let (server_io, client_io) = tokio::io::duplex(1 << 20);
     let server_task = tokio::spawn(async move {
         if let Ok(running) = server.serve(server_io).await {

@@ -19,6 +19,7 @@ use serde::Serialize;
 use crate::args::{self, Args, ConnectionStatsArgs, ListServicesArgs, ServiceErrorsArgs};
 use crate::audit::{AuditLog, AuditRecord, now_rfc3339};
 use crate::auth::{Principal, Role};
+use crate::redact::Redactor;
 use crate::summary;
 
 /// How a server instance treats callers: who they are by default, which tools exist, where
@@ -37,6 +38,8 @@ pub struct Policy {
     pub audit: Option<Arc<AuditLog>>,
     /// Longest a tool call may take.
     pub call_timeout: Duration,
+    /// Applied to every result (and to the arguments the audit log records).
+    pub redactor: Arc<Redactor>,
 }
 
 impl Default for Policy {
@@ -48,6 +51,7 @@ impl Default for Policy {
             deny_tools: Vec::new(),
             audit: None,
             call_timeout: Duration::from_secs(10),
+            redactor: Arc::new(Redactor::default()),
         }
     }
 }
@@ -217,12 +221,13 @@ impl ServerHandler for BpfsightServer {
         let started = Instant::now();
         let (principal, session) = caller(&context, &self.policy);
         let tool = request.name.to_string();
-        let arguments = serde_json::Value::Object(request.arguments.clone().unwrap_or_default());
+        let mut arguments = serde_json::Value::Object(request.arguments.clone().unwrap_or_default());
+        self.policy.redactor.redact_value(&mut arguments);
         let read_only = self
             .tool_router
             .get(&tool)
             .is_none_or(|t| t.annotations.as_ref().and_then(|a| a.read_only_hint) == Some(true));
-        let result = if !read_only && principal.role < Role::Write {
+        let mut result = if !read_only && principal.role < Role::Write {
             Err(ErrorData::invalid_request(
                 format!("{} has the read role; {tool} changes state and needs a write token", principal.name),
                 None,
@@ -237,6 +242,10 @@ impl ServerHandler for BpfsightServer {
                 )),
             }
         };
+        // Nothing leaves the process unredacted.
+        if let Ok(CallToolResponse::Complete(r)) = &mut result {
+            self.policy.redactor.redact_result(r);
+        }
         if let Some(audit) = &self.policy.audit {
             let (outcome, error, bytes) = match &result {
                 Ok(CallToolResponse::Complete(r)) => {

@@ -1,0 +1,248 @@
+//! Redaction of every tool result before it leaves the process.
+//!
+//! Secrets are always masked: `password=...`, `token=...`, `--api-key VALUE`,
+//! `Authorization: ...`, bearer tokens, credentials in URLs. IP addresses and user names
+//! (in `/home/NAME` paths and `user=NAME`) are kept, masked or replaced by a stable keyed hash,
+//! as the policy says; a keyed hash keeps the same peer recognisable across answers without
+//! revealing it. Loopback and unspecified addresses are never sensitive and stay as they are.
+
+use std::borrow::Cow;
+use std::hash::Hasher;
+use std::net::IpAddr;
+
+use regex::{Captures, Regex};
+use rmcp::model::CallToolResult;
+use serde_json::Value;
+use siphasher::sip::SipHasher13;
+
+/// What to do with an identifier (IP address, user name).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Treatment {
+    /// Leave it.
+    #[default]
+    Keep,
+    /// Replace it with a placeholder.
+    Mask,
+    /// Replace it with a stable keyed hash (`ip-1a2b3c4d`, `user-5e6f7a8b`).
+    Hash,
+}
+
+/// The redaction policy, compiled.
+pub struct Redactor {
+    secrets: Vec<(Regex, &'static str)>,
+    ipv4: Regex,
+    ipv6: Regex,
+    home: Regex,
+    user_kv: Regex,
+    ips: Treatment,
+    users: Treatment,
+    key: (u64, u64),
+}
+
+const MASK: &str = "***";
+
+impl Redactor {
+    /// A redactor with the given treatments and hash key.
+    pub fn new(ips: Treatment, users: Treatment, key: (u64, u64)) -> Redactor {
+        let secret_words = r"(?:password|passwd|pass|pwd|passphrase|token|secret|api[-_]?key|apikey|access[-_]?key|secret[-_]?key|private[-_]?key|client[-_]?secret|credentials?|auth)";
+        let secrets = vec![
+            // Authorization / Proxy-Authorization headers, whatever the scheme.
+            (
+                Regex::new(r"(?i)\b((?:proxy-)?authorization)(\s*[:=]\s*)\S+(?:\s+[A-Za-z0-9._~+/=-]{8,})?")
+                    .unwrap(),
+                "$1$2***",
+            ),
+            // Bearer tokens anywhere.
+            (Regex::new(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=-]{6,}").unwrap(), "$1***"),
+            // Credentials in URLs: scheme://user:secret@host.
+            (Regex::new(r"(?i)\b([a-z][a-z0-9+.-]*://[^/\s:@]+:)[^/\s@]+@").unwrap(), "$1***@"),
+            // Command-line options: --api-key VALUE, --password=VALUE, -p? no: only named options.
+            (
+                Regex::new(&format!(r"(?i)(--?[a-z0-9-]*{secret_words}[a-z0-9-]*)(=|\s+)([^\s-][^\s]*)"))
+                    .unwrap(),
+                "$1$2***",
+            ),
+            // Environment-like and query-string pairs: DB_PASSWORD=..., token=..., ?api_key=...
+            (
+                Regex::new(&format!(r"(?i)\b([a-z0-9_.-]*{secret_words}[a-z0-9_.-]*)(\s*=\s*)([^\s&;,]+)"))
+                    .unwrap(),
+                "$1$2***",
+            ),
+            // JSON-ish "password": "value".
+            (
+                Regex::new(&format!(r#"(?i)("[a-z0-9_.-]*{secret_words}[a-z0-9_.-]*"\s*:\s*)"[^"]*""#))
+                    .unwrap(),
+                "$1\"***\"",
+            ),
+        ];
+        Redactor {
+            secrets,
+            ipv4: Regex::new(r"\b(?:\d{1,3}\.){3}\d{1,3}\b").unwrap(),
+            ipv6: Regex::new(r"(?i)[0-9a-f]{0,4}(?::[0-9a-f]{0,4}){2,7}(?:%[a-z0-9]+)?").unwrap(),
+            home: Regex::new(r"(/home/)([^/\s]+)").unwrap(),
+            user_kv: Regex::new(r"(?i)\b(user(?:name)?|login)(\s*[=:]\s*)([A-Za-z0-9_.-]+)").unwrap(),
+            ips,
+            users,
+            key,
+        }
+    }
+
+    fn hash(&self, kind: &str, s: &str) -> String {
+        let mut h = SipHasher13::new_with_keys(self.key.0, self.key.1);
+        h.write(kind.as_bytes());
+        h.write(s.as_bytes());
+        format!("{kind}-{:08x}", h.finish() as u32)
+    }
+
+    fn ip(&self, text: &str) -> Option<String> {
+        let addr: IpAddr = text.split('%').next()?.parse().ok()?;
+        if addr.is_loopback() || addr.is_unspecified() {
+            return None;
+        }
+        Some(match self.ips {
+            Treatment::Keep => return None,
+            Treatment::Mask => {
+                if addr.is_ipv4() {
+                    "x.x.x.x".into()
+                } else {
+                    "x:x::x".into()
+                }
+            }
+            Treatment::Hash => self.hash("ip", &addr.to_string()),
+        })
+    }
+
+    fn user(&self, name: &str) -> String {
+        match self.users {
+            Treatment::Keep => name.to_string(),
+            Treatment::Mask => MASK.to_string(),
+            Treatment::Hash => self.hash("user", name),
+        }
+    }
+
+    /// Redacts one string.
+    pub fn redact_str<'a>(&self, s: &'a str) -> Cow<'a, str> {
+        let mut out: Cow<'a, str> = Cow::Borrowed(s);
+        for (re, rep) in &self.secrets {
+            if re.is_match(&out) {
+                out = Cow::Owned(re.replace_all(&out, *rep).into_owned());
+            }
+        }
+        if self.ips != Treatment::Keep {
+            for re in [&self.ipv4, &self.ipv6] {
+                if re.is_match(&out) {
+                    let replaced = re
+                        .replace_all(&out, |c: &Captures| self.ip(&c[0]).unwrap_or_else(|| c[0].to_string()));
+                    out = Cow::Owned(replaced.into_owned());
+                }
+            }
+        }
+        if self.users != Treatment::Keep {
+            if self.home.is_match(&out) {
+                let r = self.home.replace_all(&out, |c: &Captures| format!("{}{}", &c[1], self.user(&c[2])));
+                out = Cow::Owned(r.into_owned());
+            }
+            if self.user_kv.is_match(&out) {
+                let r = self
+                    .user_kv
+                    .replace_all(&out, |c: &Captures| format!("{}{}{}", &c[1], &c[2], self.user(&c[3])));
+                out = Cow::Owned(r.into_owned());
+            }
+        }
+        out
+    }
+
+    /// Redacts every string in a JSON value, in place (keys are kept).
+    pub fn redact_value(&self, v: &mut Value) {
+        match v {
+            Value::String(s) => {
+                if let Cow::Owned(r) = self.redact_str(s) {
+                    *s = r;
+                }
+            }
+            Value::Array(a) => a.iter_mut().for_each(|x| self.redact_value(x)),
+            Value::Object(m) => m.values_mut().for_each(|x| self.redact_value(x)),
+            _ => {}
+        }
+    }
+
+    /// Redacts a tool result: its text content and its structured content.
+    pub fn redact_result(&self, r: &mut CallToolResult) {
+        if let Some(v) = r.structured_content.as_mut() {
+            self.redact_value(v);
+        }
+        for c in r.content.iter_mut() {
+            if let Some(t) = c.as_text()
+                && let Cow::Owned(red) = self.redact_str(&t.text)
+            {
+                *c = rmcp::model::ContentBlock::text(red);
+            }
+        }
+    }
+}
+
+impl Default for Redactor {
+    fn default() -> Self {
+        Redactor::new(Treatment::Keep, Treatment::Keep, (0, 0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRETS: &[&str] =
+        &["hunter2", "sk-live-abc123def456", "s3cr3tT0k3n", "AKIAZZZZ9999", "pa55w0rd", "eyJhbGciOi.xyz.abc"];
+
+    fn corpus() -> Vec<&'static str> {
+        vec![
+            "postgres -c password=hunter2 -D /var/lib/pg",
+            "app --api-key sk-live-abc123def456 --verbose",
+            "app --api-key=sk-live-abc123def456",
+            "worker --token s3cr3tT0k3n",
+            "curl -H Authorization: Bearer eyJhbGciOi.xyz.abc https://x",
+            "curl -H 'Authorization: Basic pa55w0rd' https://x",
+            "env AWS_SECRET_ACCESS_KEY=AKIAZZZZ9999 DB_PASSWORD=pa55w0rd run",
+            "GET /login?user=bob&api_key=sk-live-abc123def456",
+            "psql postgres://admin:hunter2@db.internal:5432/app",
+            r#"{"password": "hunter2", "token": "s3cr3tT0k3n"}"#,
+            "redis-server --requirepass hunter2",
+            "mysqld --password hunter2",
+        ]
+    }
+
+    #[test]
+    fn secrets_never_survive() {
+        let r = Redactor::default();
+        for line in corpus() {
+            let out = r.redact_str(line);
+            for s in SECRETS {
+                assert!(!out.contains(s), "{s} leaked from {line:?}: {out:?}");
+            }
+        }
+        // Harmless text is untouched.
+        assert_eq!(r.redact_str("nginx: worker process"), "nginx: worker process");
+        assert_eq!(r.redact_str("--window 5m --limit 3"), "--window 5m --limit 3");
+    }
+
+    #[test]
+    fn addresses_and_users_by_policy() {
+        let keep = Redactor::default();
+        assert_eq!(keep.redact_str("10.1.2.3:5432"), "10.1.2.3:5432");
+        let mask = Redactor::new(Treatment::Mask, Treatment::Mask, (1, 2));
+        assert_eq!(mask.redact_str("peer 10.1.2.3:5432"), "peer x.x.x.x:5432");
+        assert_eq!(mask.redact_str("[2001:db8::7]:443"), "[x:x::x]:443");
+        assert_eq!(mask.redact_str("127.0.0.1:80 and ::1"), "127.0.0.1:80 and ::1");
+        assert_eq!(mask.redact_str("/home/alice/bin/app user=alice"), "/home/***/bin/app user=***");
+        let hash = Redactor::new(Treatment::Hash, Treatment::Hash, (1, 2));
+        let a = hash.redact_str("10.1.2.3").into_owned();
+        assert!(a.starts_with("ip-") && a.len() == 11, "{a}");
+        assert_eq!(hash.redact_str("10.1.2.3"), a, "stable");
+        assert_ne!(hash.redact_str("10.1.2.4"), a);
+        let other_key = Redactor::new(Treatment::Hash, Treatment::Hash, (3, 4));
+        assert_ne!(other_key.redact_str("10.1.2.3"), a, "keyed per deployment");
+        // Times and versions are not addresses.
+        assert_eq!(mask.redact_str("12:30:45 v1.2.3"), "12:30:45 v1.2.3");
+    }
+}
