@@ -183,3 +183,28 @@ def test_python_sdk_over_legacy_sse_transport(http_server):
         assert c.get(base + "/sse").status_code == 401
         r = c.post(base + "/messages?sessionId=nope", json=INIT, headers={"Authorization": f"Bearer {READ_SECRET}"})
         assert r.status_code == 404
+
+
+def test_metrics_endpoint_counts_calls_and_reports_collector_health(tmp_path):
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = HttpServer(tmp_path, extra=("--metrics", f"127.0.0.1:{port}"))
+    try:
+        async def body(s):
+            await call(s, "list_services", {"limit": 1})
+            await call(s, "list_services", {"limit": 1})
+            from mcp.shared.exceptions import MCPError
+            with pytest.raises(MCPError):
+                await s.call_tool("get_service_errors", {"threshold_pct": -5})
+
+        session_run(server.url, READ_SECRET, body)
+        text = httpx2.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        assert 'bpfsight_tool_calls_total{tool="list_services",outcome="ok"} 2' in text, text
+        assert 'bpfsight_tool_calls_total{tool="get_service_errors",outcome="invalid_params"} 1' in text
+        assert 'bpfsight_tool_call_seconds_count{tool="list_services"} 2' in text
+        assert "bpfsight_collector_ringbuf_drops_total 0" in text
+        assert 'bpfsight_bpf_program_runs_total{program="sock_send_length"}' in text
+    finally:
+        server.stop()

@@ -98,10 +98,26 @@ impl Collector {
         &self.store
     }
 
+    /// A cloneable handle to [`Collector::program_stats`], for exporters that outlive a borrow.
+    pub fn program_stats_handle(&self) -> ProgramStatsHandle {
+        ProgramStatsHandle(self.program_stats.clone())
+    }
+
     /// Run time and count per program as of the last poll (counted only while BPF statistics
     /// are enabled, see [`crate::loader::enable_bpf_stats`]).
     pub fn program_stats(&self) -> Vec<ProgramStats> {
         self.program_stats.read().map(|v| v.clone()).unwrap_or_default()
+    }
+}
+
+/// Shared view of the programs' run-time statistics.
+#[derive(Clone)]
+pub struct ProgramStatsHandle(Arc<RwLock<Vec<ProgramStats>>>);
+
+impl ProgramStatsHandle {
+    /// The statistics as of the last poll.
+    pub fn get(&self) -> Vec<ProgramStats> {
+        self.0.read().map(|v| v.clone()).unwrap_or_default()
     }
 }
 

@@ -31,7 +31,7 @@ pub mod window;
 
 /// The kernel/user shared types, for callers that need program or map names.
 pub use bpfsight_common as common;
-pub use collector::{Collector, CollectorConfig};
+pub use collector::{Collector, CollectorConfig, ProgramStatsHandle};
 pub use error::CollectorError;
 pub use service::ServiceId;
 pub use store::Store;

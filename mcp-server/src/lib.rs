@@ -8,6 +8,7 @@ pub mod args;
 pub mod audit;
 pub mod auth;
 pub mod http;
+pub mod metrics;
 pub mod redact;
 pub mod server;
 pub mod sse;

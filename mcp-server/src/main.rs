@@ -87,6 +87,10 @@ struct ServeArgs {
     /// HTTP sessions idle this long are closed, seconds.
     #[arg(long, default_value_t = 600)]
     session_idle_secs: u64,
+    /// Serve Prometheus metrics at http://ADDR/metrics (opt-in; unauthenticated, so keep it on
+    /// loopback or a monitoring network).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
     /// Most legacy SSE sessions open at once.
     #[arg(long, default_value_t = 64)]
     max_sessions: usize,
@@ -231,6 +235,18 @@ async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     let collector = Collector::start(CollectorConfig::default()).context("starting the eBPF collector")?;
     let server = BpfsightServer::with_policy(collector.store().clone(), policy)?;
+    if let Some(addr) = a.metrics {
+        let exporter = bpfsight::metrics::Exporter {
+            metrics: server.metrics(),
+            store: collector.store().clone(),
+            programs: collector.program_stats_handle(),
+        };
+        tokio::spawn(async move {
+            if let Err(e) = bpfsight::metrics::serve(addr, exporter).await {
+                tracing::error!(error = %e, "metrics endpoint failed");
+            }
+        });
+    }
     match http {
         Some(cfg) => {
             let shutdown = async {

@@ -40,6 +40,8 @@ pub struct Policy {
     pub call_timeout: Duration,
     /// Applied to every result (and to the arguments the audit log records).
     pub redactor: Arc<Redactor>,
+    /// Call counters for the metrics endpoint.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Default for Policy {
@@ -52,6 +54,7 @@ impl Default for Policy {
             audit: None,
             call_timeout: Duration::from_secs(10),
             redactor: Arc::new(Redactor::default()),
+            metrics: Arc::default(),
         }
     }
 }
@@ -116,6 +119,11 @@ impl BpfsightServer {
             }
         }
         Ok(BpfsightServer { store, tool_router, policy: Arc::new(policy) })
+    }
+
+    /// The call counters this server updates.
+    pub fn metrics(&self) -> Arc<crate::metrics::Metrics> {
+        self.policy.metrics.clone()
     }
 
     /// Every tool this server offers, as `tools/list` returns them.
@@ -246,22 +254,24 @@ impl ServerHandler for BpfsightServer {
         if let Ok(CallToolResponse::Complete(r)) = &mut result {
             self.policy.redactor.redact_result(r);
         }
+        let (outcome, error, bytes) = match &result {
+            Ok(CallToolResponse::Complete(r)) => {
+                let bytes = serde_json::to_vec(r).map_or(0, |v| v.len());
+                let err = r.is_error == Some(true);
+                (if err { "tool_error" } else { "ok" }, None, bytes)
+            }
+            Ok(_) => ("ok", None, 0),
+            Err(e) if e.code == rmcp::model::ErrorCode::INVALID_PARAMS => {
+                ("invalid_params", Some(e.message.to_string()), 0)
+            }
+            Err(e) if e.code == rmcp::model::ErrorCode::INVALID_REQUEST => {
+                ("denied", Some(e.message.to_string()), 0)
+            }
+            Err(e) => ("error", Some(e.message.to_string()), 0),
+        };
+        let elapsed = started.elapsed().as_secs_f64();
+        self.policy.metrics.record_call(&tool, outcome, elapsed);
         if let Some(audit) = &self.policy.audit {
-            let (outcome, error, bytes) = match &result {
-                Ok(CallToolResponse::Complete(r)) => {
-                    let bytes = serde_json::to_vec(r).map_or(0, |v| v.len());
-                    let err = r.is_error == Some(true);
-                    (if err { "tool_error" } else { "ok" }, None, bytes)
-                }
-                Ok(_) => ("ok", None, 0),
-                Err(e) if e.code == rmcp::model::ErrorCode::INVALID_PARAMS => {
-                    ("invalid_params", Some(e.message.to_string()), 0)
-                }
-                Err(e) if e.code == rmcp::model::ErrorCode::INVALID_REQUEST => {
-                    ("denied", Some(e.message.to_string()), 0)
-                }
-                Err(e) => ("error", Some(e.message.to_string()), 0),
-            };
             audit.write(&AuditRecord {
                 time: now_rfc3339(),
                 session: &session,
@@ -272,7 +282,7 @@ impl ServerHandler for BpfsightServer {
                 outcome,
                 error: error.as_deref(),
                 result_bytes: bytes,
-                latency_ms: started.elapsed().as_secs_f64() * 1e3,
+                latency_ms: elapsed * 1e3,
             });
         }
         result

@@ -59,6 +59,8 @@ pub async fn open(State(s): State<Arc<SseSessions>>) -> Response {
         }
         sessions.insert(id.clone(), to_server);
     }
+    let gauge = s.server.metrics();
+    gauge.sse_sessions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let server = s.server.clone();
     let registry = s.clone();
     let sid = id.clone();
@@ -71,6 +73,7 @@ pub async fn open(State(s): State<Arc<SseSessions>>) -> Response {
             Err(e) => tracing::debug!(session = %sid, error = %e, "SSE session ended before initialising"),
         }
         registry.sessions.lock().expect("sessions lock").remove(&sid);
+        gauge.sse_sessions.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     });
     let endpoint = Event::default().event("endpoint").data(format!("/messages?sessionId={id}"));
     let messages = ReceiverStream::new(from_server).map(|m| {

@@ -1,0 +1,155 @@
+//! Self-observability: a Prometheus text endpoint with tool calls by tool and outcome, their
+//! latency, open SSE sessions, the collector's drops and each BPF program's run time.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use bpfsight_collector::{ProgramStatsHandle, Store};
+
+/// Latency histogram bucket bounds, seconds.
+const BUCKETS: [f64; 10] = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.0];
+
+#[derive(Default)]
+struct Histogram {
+    counts: [u64; BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+/// Counters the MCP layer updates.
+#[derive(Default)]
+pub struct Metrics {
+    calls: Mutex<BTreeMap<(String, &'static str), u64>>,
+    latency: Mutex<BTreeMap<String, Histogram>>,
+    /// Legacy SSE sessions open now.
+    pub sse_sessions: AtomicI64,
+}
+
+impl Metrics {
+    /// Records one tool call.
+    pub fn record_call(&self, tool: &str, outcome: &'static str, seconds: f64) {
+        if let Ok(mut c) = self.calls.lock() {
+            *c.entry((tool.to_string(), outcome)).or_default() += 1;
+        }
+        if let Ok(mut l) = self.latency.lock() {
+            let h = l.entry(tool.to_string()).or_default();
+            h.count += 1;
+            h.sum += seconds;
+            for (i, b) in BUCKETS.iter().enumerate() {
+                if seconds <= *b {
+                    h.counts[i] += 1;
+                }
+            }
+        }
+    }
+}
+
+/// Everything the endpoint reports.
+#[derive(Clone)]
+pub struct Exporter {
+    /// MCP-layer counters.
+    pub metrics: Arc<Metrics>,
+    /// The collector's store (health, services).
+    pub store: Arc<RwLock<Store>>,
+    /// BPF program statistics.
+    pub programs: ProgramStatsHandle,
+}
+
+fn esc(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+impl Exporter {
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut o = String::new();
+        o += "# HELP bpfsight_tool_calls_total MCP tool calls by tool and outcome.\n# TYPE bpfsight_tool_calls_total counter\n";
+        if let Ok(c) = self.metrics.calls.lock() {
+            for ((tool, outcome), n) in c.iter() {
+                let _ = writeln!(
+                    o,
+                    "bpfsight_tool_calls_total{{tool=\"{}\",outcome=\"{outcome}\"}} {n}",
+                    esc(tool)
+                );
+            }
+        }
+        o += "# HELP bpfsight_tool_call_seconds MCP tool call latency.\n# TYPE bpfsight_tool_call_seconds histogram\n";
+        if let Ok(l) = self.metrics.latency.lock() {
+            for (tool, h) in l.iter() {
+                let t = esc(tool);
+                for (b, n) in BUCKETS.iter().zip(h.counts) {
+                    let _ = writeln!(o, "bpfsight_tool_call_seconds_bucket{{tool=\"{t}\",le=\"{b}\"}} {n}");
+                }
+                let _ =
+                    writeln!(o, "bpfsight_tool_call_seconds_bucket{{tool=\"{t}\",le=\"+Inf\"}} {}", h.count);
+                let _ = writeln!(o, "bpfsight_tool_call_seconds_sum{{tool=\"{t}\"}} {}", h.sum);
+                let _ = writeln!(o, "bpfsight_tool_call_seconds_count{{tool=\"{t}\"}} {}", h.count);
+            }
+        }
+        o += "# HELP bpfsight_sse_sessions Legacy SSE sessions open.\n# TYPE bpfsight_sse_sessions gauge\n";
+        let _ = writeln!(o, "bpfsight_sse_sessions {}", self.metrics.sse_sessions.load(Ordering::Relaxed));
+        if let Ok(store) = self.store.read() {
+            let h = store.health();
+            for (name, help, v) in [
+                ("ringbuf_drops", "Events lost because the ring buffer was full.", h.ringbuf_drops),
+                (
+                    "conn_stats_full",
+                    "Counter updates lost because the aggregate map was full.",
+                    h.conn_stats_full,
+                ),
+                ("sock_insert_failed", "Sockets the kernel side could not track.", h.sock_insert_failed),
+                ("send_stats_full", "Sends not counted because the send map was full.", h.send_stats_full),
+                ("events_evicted", "Events aged out of the bounded event log.", h.events_evicted),
+                ("services_evicted", "Services evicted from bounded history.", h.services_evicted),
+            ] {
+                let _ = writeln!(
+                    o,
+                    "# HELP bpfsight_collector_{name}_total {help}\n# TYPE bpfsight_collector_{name}_total counter\nbpfsight_collector_{name}_total {v}"
+                );
+            }
+            let _ = writeln!(
+                o,
+                "# HELP bpfsight_collector_last_poll_timestamp_seconds Last kernel map poll.\n# TYPE bpfsight_collector_last_poll_timestamp_seconds gauge\nbpfsight_collector_last_poll_timestamp_seconds {}",
+                h.last_poll
+            );
+        }
+        o += "# HELP bpfsight_bpf_program_run_seconds_total In-kernel run time per program (counted while kernel.bpf_stats_enabled=1).\n# TYPE bpfsight_bpf_program_run_seconds_total counter\n";
+        let progs = self.programs.get();
+        for p in &progs {
+            let _ = writeln!(
+                o,
+                "bpfsight_bpf_program_run_seconds_total{{program=\"{}\"}} {}",
+                esc(&p.name),
+                p.run_time.as_secs_f64()
+            );
+        }
+        o += "# HELP bpfsight_bpf_program_runs_total Runs per program (counted while kernel.bpf_stats_enabled=1).\n# TYPE bpfsight_bpf_program_runs_total counter\n";
+        for p in &progs {
+            let _ = writeln!(
+                o,
+                "bpfsight_bpf_program_runs_total{{program=\"{}\"}} {}",
+                esc(&p.name),
+                p.run_count
+            );
+        }
+        o
+    }
+}
+
+/// Serves `GET /metrics` on `addr` until the process exits.
+pub async fn serve(addr: std::net::SocketAddr, exporter: Exporter) -> anyhow::Result<()> {
+    use axum::routing::get;
+    let app = axum::Router::new().route(
+        "/metrics",
+        get(move || {
+            let e = exporter.clone();
+            async move { ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], e.render()) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    eprintln!("bpfsight: metrics on http://{}/metrics", listener.local_addr()?);
+    axum::serve(listener, app).await?;
+    Ok(())
+}
