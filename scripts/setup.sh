@@ -4,11 +4,16 @@
 #
 #   scripts/setup.sh            # system packages + Python test venv
 #   scripts/setup.sh --bpf      # also the nightly toolchain pieces to rebuild the BPF object
+#   scripts/setup.sh --fuzz     # also cargo-fuzz (the fuzz target builds with nightly)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 want_bpf=0
-for a in "$@"; do [ "$a" = "--bpf" ] && want_bpf=1; done
+want_fuzz=0
+for a in "$@"; do
+  [ "$a" = "--bpf" ] && want_bpf=1
+  [ "$a" = "--fuzz" ] && want_fuzz=1
+done
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 
@@ -57,5 +62,9 @@ if [ $want_bpf = 1 ]; then
       || RUSTFLAGS="-L /tmp/llvm -C link-arg=-Wl,-rpath,$S/lib" \
       cargo +nightly install bpf-linker --no-default-features --features llvm-22
   fi
+fi
+if [ $want_fuzz = 1 ] && ! command -v cargo-fuzz >/dev/null 2>&1; then
+  log "building cargo-fuzz (about two minutes)"
+  cargo install --locked cargo-fuzz
 fi
 log "done"

@@ -124,9 +124,13 @@ impl Redactor {
     /// Redacts one string.
     pub fn redact_str<'a>(&self, s: &'a str) -> Cow<'a, str> {
         let mut out: Cow<'a, str> = Cow::Borrowed(s);
-        for (re, rep) in &self.secrets {
-            if re.is_match(&out) {
-                out = Cow::Owned(re.replace_all(&out, *rep).into_owned());
+        // Most strings (names, addresses, numbers) cannot hold a secret: every pattern needs
+        // one of these words or an `=`/`://`, and checking for them is far cheaper than regexes.
+        if might_hold_secret(s) {
+            for (re, rep) in &self.secrets {
+                if re.is_match(&out) {
+                    out = Cow::Owned(re.replace_all(&out, *rep).into_owned());
+                }
             }
         }
         if self.ips != Treatment::Keep {
@@ -180,6 +184,16 @@ impl Redactor {
             }
         }
     }
+}
+
+/// Cheap pre-check: whether any secret pattern could match `s`.
+fn might_hold_secret(s: &str) -> bool {
+    const WORDS: [&str; 8] = ["pass", "pwd", "token", "secret", "key", "auth", "credential", "bearer"];
+    if s.contains('=') || s.contains("://") {
+        return true;
+    }
+    let lower = s.to_ascii_lowercase();
+    WORDS.iter().any(|w| lower.contains(w))
 }
 
 impl Default for Redactor {

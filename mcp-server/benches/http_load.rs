@@ -1,0 +1,112 @@
+//! Remote load: 64 concurrent streamable-HTTP sessions x 1,000 tool calls each against the
+//! real binary with its live collector, authenticated with a bearer token. Prints errors,
+//! throughput and latency percentiles. Needs root (the server loads eBPF).
+//!
+//! Run: `cargo bench -p bpfsight --bench http_load` (SESSIONS and CALLS override the sizes).
+
+use std::io::BufRead;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rmcp::ServiceExt;
+use rmcp::model::CallToolRequestParams;
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+
+const TOKEN: &str = "bench-secret-0123456789abcdef";
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let sessions = env_or("SESSIONS", 64);
+    let calls = env_or("CALLS", 1000);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bpfsight"))
+        .args(["serve", "--http", "127.0.0.1:0"])
+        .env("BPFSIGHT_TOKENS", format!("bench read {TOKEN}"))
+        .env("BPFSIGHT_LOG", "warn")
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn bpfsight serve --http");
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut url = None;
+    let mut lines = stderr.lines();
+    for line in lines.by_ref() {
+        let line = line.expect("read stderr");
+        if let Some(u) = line.split("listening on ").nth(1) {
+            url = Some(u.trim().to_string());
+            break;
+        }
+        eprintln!("{line}");
+    }
+    std::thread::spawn(move || lines.for_each(drop));
+    let url = url.expect("server did not start");
+    std::thread::sleep(Duration::from_millis(1500)); // first collector poll
+
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let (lat, errors, wall) = rt.block_on(async move {
+        let started = Instant::now();
+        let url: Arc<str> = url.into();
+        let tasks: Vec<_> = (0..sessions)
+            .map(|i| {
+                let url = url.clone();
+                tokio::spawn(async move {
+                    let cfg = StreamableHttpClientTransportConfig::with_uri(url).auth_header(TOKEN);
+                    let client =
+                        ().serve(StreamableHttpClientTransport::from_config(cfg)).await.expect("initialize");
+                    let tools = ["list_services", "get_connection_stats", "get_service_errors"];
+                    let mut lat = Vec::with_capacity(calls);
+                    let mut errors = 0usize;
+                    for c in 0..calls {
+                        let tool = tools[(i + c) % tools.len()];
+                        let t = Instant::now();
+                        let r = client.call_tool(CallToolRequestParams::new(tool)).await;
+                        lat.push(t.elapsed().as_secs_f64() * 1e3);
+                        if !matches!(r, Ok(ref res) if res.is_error != Some(true)) {
+                            errors += 1;
+                        }
+                    }
+                    let _ = client.cancel().await;
+                    (lat, errors)
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        let mut errors = 0;
+        for t in tasks {
+            let (l, e) = t.await.expect("session task");
+            all.extend(l);
+            errors += e;
+        }
+        (all, errors, started.elapsed())
+    });
+    let _ = child.kill();
+    let mut lat = lat;
+    lat.sort_by(f64::total_cmp);
+    let pct = |p: f64| lat[((lat.len() as f64 - 1.0) * p).round() as usize];
+    println!(
+        "bpfsight HTTP load: {sessions} sessions x {calls} calls (streamable HTTP, bearer token, live collector)"
+    );
+    println!("   calls: {}  errors: {errors}", lat.len());
+    println!(
+        "   throughput: {:.0} calls/s over {:.1} s",
+        lat.len() as f64 / wall.as_secs_f64(),
+        wall.as_secs_f64()
+    );
+    println!(
+        "   latency: p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+        pct(0.5),
+        pct(0.9),
+        pct(0.99),
+        lat[lat.len() - 1]
+    );
+    if errors > 0 {
+        std::process::exit(1);
+    }
+}
