@@ -87,6 +87,7 @@ fn main() {
         (all, errors, started.elapsed())
     });
     let _ = child.kill();
+    let _ = child.wait();
     let mut lat = lat;
     lat.sort_by(f64::total_cmp);
     let pct = |p: f64| lat[((lat.len() as f64 - 1.0) * p).round() as usize];
