@@ -36,14 +36,20 @@ def echo_conn(c) -> None:
     c.close()
 
 
-def echo_server(a) -> None:
-    """Accepts connections and echoes each request back, a thread per connection."""
+def listener(a) -> socket.socket:
+    """A listening socket on (host, port); prints "ready" for the test harness."""
     s = socket.socket(family(a.host), socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind((a.host, a.port))
     s.listen(16)
     print("ready", flush=True)
     s.settimeout(a.seconds)
+    return s
+
+
+def echo_server(a) -> None:
+    """Accepts connections and echoes each request back, a thread per connection."""
+    s = listener(a)
     end = time.time() + a.seconds
     while time.time() < end:
         try:
@@ -89,12 +95,7 @@ def refused(a) -> None:
 
 def reset_server(a) -> None:
     """Accepts `count` connections, reads a request, then aborts each with a RST (SO_LINGER 0)."""
-    s = socket.socket(family(a.host), socket.SOCK_STREAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind((a.host, a.port))
-    s.listen(16)
-    print("ready", flush=True)
-    s.settimeout(a.seconds)
+    s = listener(a)
     for _ in range(a.count):
         try:
             c, _ = s.accept()

@@ -6,7 +6,7 @@ use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bpfsight_common::{ConnKey, ConnStats, Owner, SendStats, SockState, TcpEvent, TcpEventKind};
+use bpfsight_common::{ConnKey, Owner, SockState, TcpEvent, TcpEventKind};
 
 use crate::error::CollectorError;
 use crate::loader::{KernelCounters, ProgramSet, ProgramStats, Programs};
@@ -140,11 +140,11 @@ struct Poller {
     program_stats: Arc<RwLock<Vec<ProgramStats>>>,
     resolver: Resolver,
     /// Cumulative totals at the previous poll, to take deltas.
-    prev: HashMap<ConnKey, ConnStats>,
+    prev: HashMap<ConnKey, TcpCounters>,
     /// Poll second at which each key last changed, to forget dead processes' keys.
     last_change: HashMap<ConnKey, u64>,
     /// Per-socket send totals at the previous poll.
-    prev_sends: HashMap<u64, SendStats>,
+    prev_sends: HashMap<u64, TcpCounters>,
     /// Who each socket with sends belongs to, remembered past its destruction.
     sock_owner: HashMap<u64, SockState>,
     mono_to_unix_ns: i128,
@@ -197,7 +197,7 @@ impl Poller {
             if !changed {
                 continue;
             }
-            let d = TcpCounters::from(*cur).delta_since(&TcpCounters::from(prev));
+            let d = cur.delta_since(&prev);
             let st = self.sock_owner.get(sk).copied();
             let (owner, peer) = match st {
                 Some(st) => (st.owner, Peer::from_raw(st.family, st.peer_addr, st.peer_port)),
@@ -252,9 +252,8 @@ impl Poller {
         let current = self.programs.read_conn_stats();
         let mut deltas = Vec::new();
         for (k, v) in &current {
-            let cur = TcpCounters::from(*v);
-            let prev = self.prev.get(k).map(|p| TcpCounters::from(*p)).unwrap_or_default();
-            let d = cur.delta_since(&prev);
+            let prev = self.prev.get(k).copied().unwrap_or_default();
+            let d = v.delta_since(&prev);
             if !d.is_zero() {
                 self.last_change.insert(*k, now);
                 let (service, identity) = self.resolver.resolve(k.tgid, &k.comm);

@@ -15,6 +15,7 @@ use bpfsight_common::{
 };
 
 use crate::error::CollectorError;
+use crate::tcp::TcpCounters;
 
 /// The compiled eBPF object (all programs, including the benchmark's baselines).
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!("../../bpf/bpfsight.bpf.o");
@@ -142,20 +143,13 @@ impl Programs {
     }
 
     /// Cumulative counters per key, summed over CPUs.
-    pub fn read_conn_stats(&self) -> HashMap<ConnKey, ConnStats> {
+    pub fn read_conn_stats(&self) -> HashMap<ConnKey, TcpCounters> {
         let mut out = HashMap::new();
         for item in self.conn_stats.iter() {
             let Ok((k, per_cpu)) = item else { continue };
-            let mut sum = ConnStats::default();
+            let mut sum = TcpCounters::default();
             for v in per_cpu.iter() {
-                sum.opened_active += v.opened_active;
-                sum.opened_passive += v.opened_passive;
-                sum.closed += v.closed;
-                sum.duration_ns += v.duration_ns;
-                sum.failed_connects += v.failed_connects;
-                sum.resets_sent += v.resets_sent;
-                sum.resets_received += v.resets_received;
-                sum.retransmits += v.retransmits;
+                sum += TcpCounters::from(*v);
             }
             out.insert(k, sum);
         }
@@ -163,14 +157,13 @@ impl Programs {
     }
 
     /// Cumulative send counters per socket address, summed over CPUs.
-    pub fn read_send_stats(&self) -> HashMap<u64, SendStats> {
+    pub fn read_send_stats(&self) -> HashMap<u64, TcpCounters> {
         let mut out = HashMap::new();
         for item in self.send_stats.iter() {
             let Ok((sk, per_cpu)) = item else { continue };
-            let mut sum = SendStats::default();
+            let mut sum = TcpCounters::default();
             for v in per_cpu.iter() {
-                sum.sends += v.sends;
-                sum.bytes += v.bytes;
+                sum += TcpCounters::from(*v);
             }
             out.insert(sk, sum);
         }
