@@ -37,19 +37,22 @@ def test_packet_loss_shows_as_retransmits_for_that_service_and_peer_only():
             try:
                 cli = Workload("echo-client", "lossy-cli", lossy_port, seconds=8)
                 ctl = Workload("echo-client", "ctrl-cli", ctrl_port, seconds=8)
-                await anyio.to_thread.run_sync(cli.wait)
-                await anyio.to_thread.run_sync(ctl.wait)
+                lossy_out = await anyio.to_thread.run_sync(cli.wait)
+                ctl_out = await anyio.to_thread.run_sync(ctl.wait)
             finally:
                 srv.kill()
                 ctl_srv.kill()
         await settle()
 
         lossy = (await call(s, "get_connection_stats", {"service": "lossy-cli", "window": "1m"}))["services"][0]
-        # Ping-pong with 20 % loss each way stalls on every loss (RTO/TLP): ~10-20 expected.
-        assert lossy["retransmits"] >= 3, lossy
+        # Ping-pong with 20 % loss each way stalls on every loss. Tail-loss probes go through
+        # __tcp_retransmit_skb, which the tracepoint does not cover, so counts vary: ~2-20.
+        assert lossy["retransmits"] >= 1, lossy
         assert lossy["retransmits_per_s"] > 0
         assert lossy["opened_active"] == 1, lossy
-        assert lossy["sends"] > 10, lossy
+        # Every request the client made is one sendmsg of 1 KiB: counted exactly, whatever the loss.
+        trips = int(lossy_out.split()[-1])
+        assert lossy["sends"] == trips and lossy["bytes_sent"] == trips * 1024, (lossy, lossy_out)
         top = lossy["top_peers"][0]
         assert (top["addr"], top["port"]) == ("127.0.0.1", lossy_port), lossy
         assert top["retransmits"] == lossy["retransmits"]
@@ -57,10 +60,12 @@ def test_packet_loss_shows_as_retransmits_for_that_service_and_peer_only():
         # The server side retransmits its replies, attributed to the server process (not softirq's current task).
         srv_row = (await call(s, "get_connection_stats", {"service": "lossy-srv", "window": "1m"}))["services"][0]
         assert srv_row["opened_passive"] == 1, srv_row
-        assert srv_row["retransmits"] >= 2, srv_row
+        assert srv_row["retransmits"] >= 1, srv_row
+        assert lossy["retransmits"] + srv_row["retransmits"] >= 3, (lossy, srv_row)
 
         ctrl = (await call(s, "get_connection_stats", {"service": "ctrl-cli", "window": "1m"}))["services"][0]
-        assert ctrl["sends"] > 100, ctrl
+        ctl_trips = int(ctl_out.split()[-1])
+        assert ctrl["sends"] == ctl_trips and ctl_trips > 100, (ctrl, ctl_out)
         assert ctrl["retransmits"] <= 1, ctrl
         assert ctrl["top_peers"][0]["port"] == ctrl_port
 
@@ -202,7 +207,7 @@ def test_sockets_opened_before_bpfsight_started_are_attributed():
             server = (await call(s, "get_connection_stats", {"service": "early-srv", "window": "1m"}))["services"][0]
             assert server["opened_passive"] >= 1, server
             early = (await call(s, "get_connection_stats", {"service": "early-cli", "window": "1m"}))["services"][0]
-            assert early["retransmits"] >= 2, early
+            assert early["retransmits"] >= 1, early
             assert early["sends"] > 0
             # Opened before we started: not counted as opened, so not as active either.
             assert early["opened"] == 0 and early["active"] == 0, early
