@@ -49,8 +49,10 @@ impl Redactor {
         let secrets = vec![
             // Authorization / Proxy-Authorization headers, whatever the scheme.
             (
-                Regex::new(r"(?i)\b((?:proxy-)?authorization)(\s*[:=]\s*)\S+(?:\s+[A-Za-z0-9._~+/=-]{8,})?")
-                    .unwrap(),
+                Regex::new(
+                    r"(?i)\b((?:proxy-)?authorization)(\s*[:=]\s*)[^\s*]\S*(?:\s+[A-Za-z0-9._~+/=-]{8,})?",
+                )
+                .unwrap(),
                 "$1$2***",
             ),
             // Bearer tokens anywhere.
@@ -59,14 +61,16 @@ impl Redactor {
             (Regex::new(r"(?i)\b([a-z][a-z0-9+.-]*://[^/\s:@]+:)[^/\s@]+@").unwrap(), "$1***@"),
             // Command-line options: --api-key VALUE, --password=VALUE, -p? no: only named options.
             (
-                Regex::new(&format!(r"(?i)(--?[a-z0-9-]*{secret_words}[a-z0-9-]*)(=|\s+)([^\s-][^\s]*)"))
+                Regex::new(&format!(r"(?i)(--?[a-z0-9-]*{secret_words}[a-z0-9-]*)(=|\s+)([^\s*-][^\s&;,]*)"))
                     .unwrap(),
                 "$1$2***",
             ),
             // Environment-like and query-string pairs: DB_PASSWORD=..., token=..., ?api_key=...
             (
-                Regex::new(&format!(r"(?i)\b([a-z0-9_.-]*{secret_words}[a-z0-9_.-]*)(\s*=\s*)([^\s&;,]+)"))
-                    .unwrap(),
+                Regex::new(&format!(
+                    r"(?i)\b([a-z0-9_.-]*{secret_words}[a-z0-9_.-]*)(\s*=\s*)([^\s&;,*][^\s&;,]*)"
+                ))
+                .unwrap(),
                 "$1$2***",
             ),
             // JSON-ish "password": "value".
@@ -149,11 +153,22 @@ impl Redactor {
         }
         // Most strings (names, addresses, numbers) cannot hold a secret: every pattern needs
         // one of these words or an `=`/`://`, and checking for them is far cheaper than regexes.
-        if might_hold_secret(&out) {
+        // Values never start with `*`, so masks are not masked again; but one pattern's mask can
+        // complete another's match, so repeat until nothing changes.
+        for _ in 0..8 {
+            if !might_hold_secret(&out) {
+                break;
+            }
+            let mut changed = false;
             for (re, rep) in &self.secrets {
                 if re.is_match(&out) {
-                    out = Cow::Owned(re.replace_all(&out, *rep).into_owned());
+                    let next = re.replace_all(&out, *rep).into_owned();
+                    changed |= next != *out;
+                    out = Cow::Owned(next);
                 }
+            }
+            if !changed {
+                break;
             }
         }
         out
