@@ -12,9 +12,15 @@ import pytest
 from mcp import ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
 
+import tempfile
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 WORKLOAD = HERE / "workload.py"
+
+
+# Every server the tests start keeps its incidents here, not in the user's data directory.
+os.environ.setdefault("BPFSIGHT_DATA_DIR", tempfile.mkdtemp(prefix="bpfsight-test-data-"))
 
 
 def bpfsight_bin() -> str:

@@ -80,3 +80,75 @@ pub fn window(w: Option<&str>) -> Result<Window, ErrorData> {
 pub fn limit(l: Option<i64>, default: usize) -> Result<usize, ErrorData> {
     check_limit(l, default).map_err(invalid)
 }
+
+/// Which incidents a search may return, by origin.
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum IncidentSource {
+    /// The curated failure patterns shipped with bpfsight.
+    Seeded,
+    /// Incidents recorded on this deployment.
+    Recorded,
+}
+
+/// Arguments of `similar_incidents`.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SimilarIncidentsArgs {
+    /// Match the live symptoms of this service (a name from list_services) over `window`.
+    /// Without service and description: the whole host's symptoms.
+    pub service: Option<String>,
+    /// What is happening, in words (e.g. "clients time out connecting to postgres after the deploy").
+    /// With a service too, symptoms and words are fused (equal weight).
+    pub description: Option<String>,
+    /// How many matches, 1-50. Default 5.
+    pub top_k: Option<i64>,
+    /// Symptom window: a number and a unit s, m or h, e.g. "30s", "5m", "1h"; at most "6h". Default "5m".
+    pub window: Option<String>,
+    /// Only incidents carrying all of these tags (e.g. ["network"]).
+    pub tags: Option<Vec<String>>,
+    /// Only seeded patterns or only incidents recorded here. Default both.
+    pub source: Option<IncidentSource>,
+}
+
+/// Arguments of `record_incident`.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RecordIncidentArgs {
+    /// One line naming the failure, 1-200 characters.
+    pub title: String,
+    /// The affected service; its live symptoms over `window` become the incident's signature.
+    /// Default: the whole host.
+    pub service: Option<String>,
+    /// The window the incident covers, ending now: e.g. "5m", "1h"; at most "6h". Default "5m".
+    pub window: Option<String>,
+    /// What was observed.
+    pub description: Option<String>,
+    /// Why it happened (required).
+    pub root_cause: String,
+    /// What fixed it (required).
+    pub resolution: String,
+    /// Labels such as "network", "database"; at most 16.
+    pub tags: Option<Vec<String>>,
+}
+
+/// Arguments of `get_incident`.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GetIncidentArgs {
+    /// The incident id, as returned by similar_incidents or record_incident (e.g. "inc-3" or "dns-timeouts").
+    pub id: String,
+}
+
+/// Checks `top_k`: `1..=MAX_TOP_K`, default 5.
+pub fn top_k(k: Option<i64>) -> Result<usize, ErrorData> {
+    let max = bpfsight_casebase::MAX_TOP_K;
+    match k {
+        None => Ok(5),
+        Some(n) if n >= 1 && n as u64 <= max as u64 => Ok(n as usize),
+        Some(n) => Err(ErrorData::invalid_params(
+            format!("invalid top_k: {n} is out of range; use an integer from 1 to {max}"),
+            None,
+        )),
+    }
+}

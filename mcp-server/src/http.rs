@@ -35,6 +35,8 @@ pub struct HttpConfig {
     pub session_idle: Duration,
     /// Most legacy SSE sessions open at once.
     pub max_sessions: usize,
+    /// Serve HTTPS with this configuration.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 struct Gate {
@@ -151,10 +153,17 @@ pub async fn serve(
     let listener =
         tokio::net::TcpListener::bind(cfg.addr).await.with_context(|| format!("binding {}", cfg.addr))?;
     let local = listener.local_addr()?;
-    tracing::info!(addr = %local, auth = cfg.tokens.as_ref().map_or(0, |t| t.len()), "serving MCP over streamable HTTP at /mcp");
+    let scheme = if cfg.tls.is_some() { "https" } else { "http" };
+    tracing::info!(addr = %local, scheme, auth = cfg.tokens.as_ref().map_or(0, |t| t.len()), "serving MCP over streamable HTTP at /mcp");
     // Tests and scripts read the bound address (port 0 picks one) from this line on stderr.
-    eprintln!("bpfsight: listening on http://{local}/mcp");
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("HTTP server")
+    eprintln!("bpfsight: listening on {scheme}://{local}/mcp");
+    match cfg.tls {
+        Some(tls) => {
+            let listener = crate::tls::TlsListener::new(listener, tls)?;
+            axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("HTTPS server")
+        }
+        None => axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("HTTP server"),
+    }
 }
 
 #[cfg(test)]

@@ -7,11 +7,15 @@
 pub mod args;
 pub mod audit;
 pub mod auth;
+pub mod config;
 pub mod http;
+pub mod incidents;
 pub mod metrics;
 pub mod redact;
 pub mod server;
 pub mod sse;
 mod summary;
+pub mod symptoms;
+pub mod tls;
 
 pub use server::{BpfsightServer, Policy};

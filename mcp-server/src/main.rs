@@ -8,10 +8,15 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use bpfsight::audit::AuditLog;
+use bpfsight::auth::Role;
 use bpfsight::auth::Tokens;
+use bpfsight::config::{
+    self, AuditSettings, EmbedderKind, EmbedderSettings, HttpSettings, RedactionSettings, Settings,
+};
 use bpfsight::http::HttpConfig;
 use bpfsight::redact::{Redactor, Treatment};
 use bpfsight::{BpfsightServer, Policy};
+use bpfsight_casebase::{CaseBase, Embedder, Error as CaseBaseError, RemoteApi, RemoteEmbedder};
 use bpfsight_collector::{Collector, CollectorConfig, Store, Window};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use rmcp::ServiceExt;
@@ -31,41 +36,77 @@ enum Command {
     /// --http over streamable HTTP.
     Serve(ServeArgs),
     /// Print the tools with their input schemas and annotations, as JSON (needs no privileges).
-    Tools(PolicyArgs),
+    Tools(CommonArgs),
     /// Collect for a moment, run one tool, print its result; exit 1 if the tool failed.
     /// For CI jobs: "what did the kernel see while the tests ran".
     Call(CallArgs),
+    /// Inspect the configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
 }
 
-#[derive(Args)]
-struct PolicyArgs {
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the effective configuration (file, environment and flags merged; secrets masked)
+    /// and every problem found; exit 1 if there are problems.
+    Check(ServeArgs),
+}
+
+/// Options every subcommand shares. Each overrides the config file; most also read an
+/// environment variable.
+#[derive(Args, Clone)]
+struct CommonArgs {
+    /// TOML config file (default /etc/bpfsight/config.toml when it exists).
+    #[arg(long, env = "BPFSIGHT_CONFIG", value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Directory for recorded incidents and their indexes (default ~/.local/share/bpfsight).
+    #[arg(long, env = "BPFSIGHT_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Offer tools that change state (record_incident); hidden and refused otherwise.
+    #[arg(long, env = "BPFSIGHT_WRITE_TOOLS", num_args = 0..=1, default_missing_value = "true")]
+    write_tools: Option<bool>,
     /// IP addresses in results: keep, mask, or hash (stable keyed hash). Loopback stays as is.
-    #[arg(long, value_enum, default_value = "keep")]
-    redact_ips: Treatment,
+    #[arg(long, value_enum)]
+    redact_ips: Option<Treatment>,
     /// User names in results (in /home/NAME and user=NAME): keep, mask, or hash.
-    #[arg(long, value_enum, default_value = "keep")]
-    redact_users: Treatment,
+    #[arg(long, value_enum)]
+    redact_users: Option<Treatment>,
     /// Key file for `hash` redaction (created with a random key if missing), so the same
     /// address hashes the same across restarts. BPFSIGHT_REDACTION_KEY overrides it.
-    #[arg(long, value_name = "PATH", default_value = "/var/lib/bpfsight/redaction.key")]
-    redaction_key_file: PathBuf,
+    #[arg(long, value_name = "PATH")]
+    redaction_key_file: Option<PathBuf>,
     /// Only offer these tools (comma-separated), for clients that cap the tool count.
     #[arg(long, value_delimiter = ',')]
     tools: Option<Vec<String>>,
     /// Never offer these tools (comma-separated).
     #[arg(long, value_delimiter = ',')]
-    deny_tools: Vec<String>,
+    deny_tools: Option<Vec<String>>,
+    /// Text embedder for incident descriptions: builtin (offline), openai or ollama.
+    #[arg(long, value_enum, env = "BPFSIGHT_EMBEDDER")]
+    embedder: Option<EmbedderKind>,
+    /// Endpoint of a remote embedder, e.g. http://localhost:11434/api/embeddings.
+    #[arg(long, env = "BPFSIGHT_EMBEDDER_URL", value_name = "URL")]
+    embedder_url: Option<String>,
+    /// Model of a remote embedder, e.g. nomic-embed-text.
+    #[arg(long, env = "BPFSIGHT_EMBEDDER_MODEL")]
+    embedder_model: Option<String>,
 }
 
-#[derive(Args)]
+#[derive(Args, Clone)]
 struct ServeArgs {
     /// Serve MCP over streamable HTTP at http://ADDR/mcp instead of stdio (e.g. 127.0.0.1:8765).
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, env = "BPFSIGHT_HTTP", value_name = "ADDR")]
     http: Option<SocketAddr>,
     /// Bearer tokens for --http, one `NAME ROLE SECRET` per line (ROLE read or write). Also read
     /// from the BPFSIGHT_TOKENS environment variable; never from the command line.
     #[arg(long, value_name = "PATH")]
     tokens_file: Option<PathBuf>,
+    /// PEM certificate chain: serve HTTPS on --http.
+    #[arg(long, value_name = "PATH", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Browser origin allowed to call the HTTP endpoint besides loopback ones (repeatable).
     #[arg(long, value_name = "ORIGIN")]
     allowed_origin: Vec<String>,
@@ -73,29 +114,29 @@ struct ServeArgs {
     #[arg(long, value_name = "HOST")]
     allowed_host: Vec<String>,
     /// Append one JSON line per tool call to this file.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, env = "BPFSIGHT_AUDIT_LOG", value_name = "PATH")]
     audit_log: Option<PathBuf>,
-    /// Rotate the audit log to PATH.1 past this many bytes.
-    #[arg(long, default_value_t = 64 << 20)]
-    audit_max_bytes: u64,
-    /// Largest HTTP request body accepted, bytes.
-    #[arg(long, default_value_t = 1 << 20)]
-    max_body_bytes: usize,
-    /// Longest a tool call may run, seconds.
-    #[arg(long, default_value_t = 10)]
-    call_timeout_secs: u64,
-    /// HTTP sessions idle this long are closed, seconds.
-    #[arg(long, default_value_t = 600)]
-    session_idle_secs: u64,
+    /// Rotate the audit log to PATH.1 past this many bytes (default 64 MiB).
+    #[arg(long)]
+    audit_max_bytes: Option<u64>,
+    /// Largest HTTP request body accepted, bytes (default 1 MiB).
+    #[arg(long)]
+    max_body_bytes: Option<usize>,
+    /// Longest a tool call may run, seconds (default 10).
+    #[arg(long)]
+    call_timeout_secs: Option<u64>,
+    /// HTTP sessions idle this long are closed, seconds (default 600).
+    #[arg(long)]
+    session_idle_secs: Option<u64>,
     /// Serve Prometheus metrics at http://ADDR/metrics (opt-in; unauthenticated, so keep it on
     /// loopback or a monitoring network).
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, env = "BPFSIGHT_METRICS", value_name = "ADDR")]
     metrics: Option<SocketAddr>,
-    /// Most legacy SSE sessions open at once.
-    #[arg(long, default_value_t = 64)]
-    max_sessions: usize,
+    /// Most legacy SSE sessions open at once (default 64).
+    #[arg(long)]
+    max_sessions: Option<usize>,
     #[command(flatten)]
-    policy: PolicyArgs,
+    common: CommonArgs,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -118,7 +159,7 @@ struct CallArgs {
     #[arg(long, default_value = "3s")]
     collect: String,
     #[command(flatten)]
-    policy: PolicyArgs,
+    common: CommonArgs,
 }
 
 fn main() -> ExitCode {
@@ -141,8 +182,9 @@ fn main() -> ExitCode {
     };
     let outcome = match cli.command {
         Command::Serve(a) => rt.block_on(serve(a)),
-        Command::Tools(a) => tools(a),
+        Command::Tools(a) => rt.block_on(tools(a)),
         Command::Call(a) => rt.block_on(call(a)),
+        Command::Config(ConfigCommand::Check(a)) => config_check(a),
     };
     match outcome {
         Ok(code) => code,
@@ -153,15 +195,141 @@ fn main() -> ExitCode {
     }
 }
 
-fn policy_from(a: &PolicyArgs) -> anyhow::Result<Policy> {
-    let hashing = a.redact_ips == Treatment::Hash || a.redact_users == Treatment::Hash;
-    let key = if hashing { redaction_key(&a.redaction_key_file)? } else { (0, 0) };
-    Ok(Policy {
-        allow_tools: a.tools.clone(),
-        deny_tools: a.deny_tools.clone(),
-        redactor: Arc::new(Redactor::new(a.redact_ips, a.redact_users, key)),
-        ..Policy::default()
+/// Flags over environment over the config file over defaults.
+fn settings(serve: Option<&ServeArgs>, common: &CommonArgs) -> anyhow::Result<Settings> {
+    let (config_file, f) = config::read_file(common.config.as_deref())?;
+    let s = serve;
+    let tokens_file = s.and_then(|s| s.tokens_file.clone()).or(f.http.tokens_file);
+    let tokens = match &tokens_file {
+        Some(p) => format!("file {}", p.display()),
+        None if std::env::var_os("BPFSIGHT_TOKENS").is_some() => "environment BPFSIGHT_TOKENS".into(),
+        None => "none".into(),
+    };
+    let pick_vec = |flag: Vec<String>, file: Option<Vec<String>>| {
+        if flag.is_empty() { file.unwrap_or_default() } else { flag }
+    };
+    let api_key_env = f.embedder.api_key_env.clone();
+    Ok(Settings {
+        config_file,
+        data_dir: common.data_dir.clone().or(f.data_dir).unwrap_or_else(config::default_data_dir),
+        write_tools: common.write_tools.or(f.write_tools).unwrap_or(false),
+        tools: common.tools.clone().or(f.tools),
+        deny_tools: common.deny_tools.clone().or(f.deny_tools).unwrap_or_default(),
+        call_timeout_secs: s.and_then(|s| s.call_timeout_secs).or(f.call_timeout_secs).unwrap_or(10),
+        http: HttpSettings {
+            listen: s.and_then(|s| s.http).or(f.http.listen),
+            tokens_file,
+            tokens,
+            allowed_origins: pick_vec(
+                s.map(|s| s.allowed_origin.clone()).unwrap_or_default(),
+                f.http.allowed_origins,
+            ),
+            allowed_hosts: pick_vec(
+                s.map(|s| s.allowed_host.clone()).unwrap_or_default(),
+                f.http.allowed_hosts,
+            ),
+            max_body_bytes: s.and_then(|s| s.max_body_bytes).or(f.http.max_body_bytes).unwrap_or(1 << 20),
+            session_idle_secs: s
+                .and_then(|s| s.session_idle_secs)
+                .or(f.http.session_idle_secs)
+                .unwrap_or(600),
+            max_sessions: s.and_then(|s| s.max_sessions).or(f.http.max_sessions).unwrap_or(64),
+            tls_cert: s.and_then(|s| s.tls_cert.clone()).or(f.http.tls_cert),
+            tls_key: s.and_then(|s| s.tls_key.clone()).or(f.http.tls_key),
+        },
+        redaction: RedactionSettings {
+            ips: common.redact_ips.or(f.redaction.ips).unwrap_or_default(),
+            users: common.redact_users.or(f.redaction.users).unwrap_or_default(),
+            key_file: common
+                .redaction_key_file
+                .clone()
+                .or(f.redaction.key_file)
+                .unwrap_or_else(|| "/var/lib/bpfsight/redaction.key".into()),
+        },
+        audit: AuditSettings {
+            path: s.and_then(|s| s.audit_log.clone()).or(f.audit.path),
+            max_bytes: s.and_then(|s| s.audit_max_bytes).or(f.audit.max_bytes).unwrap_or(64 << 20),
+        },
+        metrics_listen: s.and_then(|s| s.metrics).or(f.metrics.listen),
+        embedder: EmbedderSettings {
+            kind: common.embedder.or(f.embedder.kind).unwrap_or_default(),
+            url: common.embedder_url.clone().or(f.embedder.url),
+            model: common.embedder_model.clone().or(f.embedder.model),
+            api_key: match &api_key_env {
+                Some(v) if std::env::var_os(v).is_some() => "set (masked)",
+                Some(_) => "variable not set",
+                None => "none",
+            },
+            api_key_env,
+            timeout_secs: f.embedder.timeout_secs.unwrap_or(10),
+        },
     })
+}
+
+fn policy_from(s: &Settings) -> anyhow::Result<Policy> {
+    let r = &s.redaction;
+    let hashing = r.ips == Treatment::Hash || r.users == Treatment::Hash;
+    let key = if hashing { redaction_key(&r.key_file)? } else { (0, 0) };
+    let mut policy = Policy {
+        allow_tools: s.tools.clone(),
+        deny_tools: s.deny_tools.clone(),
+        redactor: Arc::new(Redactor::new(r.ips, r.users, key)),
+        call_timeout: Duration::from_secs(s.call_timeout_secs.max(1)),
+        write_tools: s.write_tools,
+        ..Policy::default()
+    };
+    // Whoever runs the binary locally (stdio, `call`) is its operator: enabling write tools is
+    // their decision. Remote callers still need a write token.
+    if s.write_tools {
+        policy.local_principal.role = Role::Write;
+    }
+    Ok(policy)
+}
+
+/// Opens the case base in `<data_dir>/casebase` with the configured embedder.
+async fn open_casebase(s: &Settings) -> anyhow::Result<Arc<CaseBase>> {
+    let e = &s.embedder;
+    let embedder = match e.kind {
+        EmbedderKind::Builtin => Embedder::default(),
+        kind => {
+            let api = if kind == EmbedderKind::Openai { RemoteApi::OpenAi } else { RemoteApi::Ollama };
+            let url = e.url.clone().context("a remote embedder needs --embedder-url (or embedder.url)")?;
+            let model =
+                e.model.clone().context("a remote embedder needs --embedder-model (or embedder.model)")?;
+            let key = e.api_key_env.as_ref().and_then(|v| std::env::var(v).ok());
+            Embedder::Remote(RemoteEmbedder::new(
+                api,
+                url,
+                model,
+                key,
+                Duration::from_secs(e.timeout_secs.max(1)),
+            )?)
+        }
+    };
+    let dir = s.data_dir.join("casebase");
+    let cb = match CaseBase::open(&dir, embedder).await {
+        Ok(cb) => cb,
+        // Observability must not depend on a writable disk: answer from the seed library and
+        // let record_incident say why it cannot write.
+        Err(e @ (CaseBaseError::Io { .. } | CaseBaseError::Corrupt { .. })) => {
+            tracing::warn!(error = %e, dir = %dir.display(), "case base unavailable; serving the seed library read-only");
+            CaseBase::in_memory(Embedder::default()).await?
+        }
+        // A remote embedder that is down must not take the whole server down: the log is the
+        // source of truth, so index with the built-in embedder now and rebuild when it is back.
+        Err(e @ CaseBaseError::Embed(_)) => {
+            tracing::warn!(error = %e, "remote embedder unavailable; using the built-in embedder");
+            CaseBase::open(&dir, Embedder::default())
+                .await
+                .with_context(|| format!("opening the incident case base in {}", dir.display()))?
+        }
+        Err(e) => {
+            return Err(e).with_context(|| format!("opening the incident case base in {}", dir.display()));
+        }
+    };
+    let st = cb.stats();
+    tracing::info!(seeded = st.seeded, recorded = st.recorded, dir = %dir.display(), "incident case base ready");
+    Ok(Arc::new(cb))
 }
 
 /// The per-deployment redaction hash key: from BPFSIGHT_REDACTION_KEY, else from the key
@@ -208,25 +376,32 @@ fn load_tokens(path: Option<&PathBuf>) -> anyhow::Result<Option<Arc<Tokens>>> {
 }
 
 async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
-    let mut policy = policy_from(&a.policy)?;
-    policy.call_timeout = Duration::from_secs(a.call_timeout_secs.max(1));
-    if let Some(path) = &a.audit_log {
-        let log = AuditLog::open(path.clone(), a.audit_max_bytes)
+    let s = settings(Some(&a), &a.common)?;
+    let mut policy = policy_from(&s)?;
+    if let Some(path) = &s.audit.path {
+        let log = AuditLog::open(path.clone(), s.audit.max_bytes)
             .with_context(|| format!("opening the audit log {}", path.display()))?;
         policy.audit = Some(Arc::new(log));
     }
     // Refuse unsafe HTTP set-ups before touching the kernel.
-    let http = match a.http {
+    let http = match s.http.listen {
         Some(addr) => {
             policy.transport = "http";
+            let h = &s.http;
+            let tls = match (&h.tls_cert, &h.tls_key) {
+                (Some(c), Some(k)) => Some(bpfsight::tls::load(c, k)?),
+                (None, None) => None,
+                _ => bail!("TLS needs both a certificate (--tls-cert) and a key (--tls-key)"),
+            };
             let cfg = HttpConfig {
                 addr,
-                tokens: load_tokens(a.tokens_file.as_ref())?,
-                allowed_origins: a.allowed_origin.clone(),
-                allowed_hosts: a.allowed_host.clone(),
-                max_body_bytes: a.max_body_bytes,
-                session_idle: Duration::from_secs(a.session_idle_secs.max(1)),
-                max_sessions: a.max_sessions,
+                tokens: load_tokens(h.tokens_file.as_ref())?,
+                allowed_origins: h.allowed_origins.clone(),
+                allowed_hosts: h.allowed_hosts.clone(),
+                max_body_bytes: h.max_body_bytes,
+                session_idle: Duration::from_secs(h.session_idle_secs.max(1)),
+                max_sessions: h.max_sessions,
+                tls,
             };
             bpfsight::http::check(&cfg)?;
             Some(cfg)
@@ -234,8 +409,9 @@ async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let collector = Collector::start(CollectorConfig::default()).context("starting the eBPF collector")?;
-    let server = BpfsightServer::with_policy(collector.store().clone(), policy)?;
-    if let Some(addr) = a.metrics {
+    let casebase = open_casebase(&s).await?;
+    let server = BpfsightServer::with_policy(collector.store().clone(), policy)?.with_casebase(casebase);
+    if let Some(addr) = s.metrics_listen {
         let exporter = bpfsight::metrics::Exporter {
             metrics: server.metrics(),
             store: collector.store().clone(),
@@ -264,12 +440,34 @@ async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn tools(a: PolicyArgs) -> anyhow::Result<ExitCode> {
+async fn tools(a: CommonArgs) -> anyhow::Result<ExitCode> {
     // The tool list does not depend on data: an empty store will do, and no privileges.
+    let s = settings(None, &a)?;
     let store = Arc::new(std::sync::RwLock::new(Store::default()));
-    let server = BpfsightServer::with_policy(store, policy_from(&a)?)?;
+    let server = BpfsightServer::with_policy(store, policy_from(&s)?)?;
     println!("{}", serde_json::to_string_pretty(&server.tools())?);
     Ok(ExitCode::SUCCESS)
+}
+
+fn config_check(a: ServeArgs) -> anyhow::Result<ExitCode> {
+    let s = settings(Some(&a), &a.common)?;
+    let store = Arc::new(std::sync::RwLock::new(Store::default()));
+    let all = Policy { write_tools: true, ..Policy::default() };
+    let known: Vec<String> =
+        BpfsightServer::with_policy(store, all)?.tools().iter().map(|t| t.name.to_string()).collect();
+    let problems = s.problems(&known);
+    println!("# effective configuration (flags > environment > config file > defaults)");
+    println!("{}", toml::to_string_pretty(&s).context("rendering the configuration")?);
+    if problems.is_empty() {
+        println!("# no problems found");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("# problems:");
+    for p in &problems {
+        println!("# - {p}");
+    }
+    let errors = problems.iter().filter(|p| !p.starts_with("warning:")).count();
+    Ok(if errors == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 async fn call(a: CallArgs) -> anyhow::Result<ExitCode> {
@@ -278,11 +476,13 @@ async fn call(a: CallArgs) -> anyhow::Result<ExitCode> {
         bail!("--args must be a JSON object, like '{{\"window\": \"1m\"}}'")
     };
     let collect: Window = a.collect.parse().map_err(|e| anyhow::anyhow!("--collect: {e}"))?;
-    policy_from(&a.policy)?; // refuse a bad policy before collecting
+    let s = settings(None, &a.common)?;
+    let policy = policy_from(&s)?; // refuse a bad policy before collecting
     let collector = Collector::start(CollectorConfig::default()).context("starting the eBPF collector")?;
+    let casebase = open_casebase(&s).await?;
     tokio::time::sleep(Duration::from_secs(collect.secs()) + Duration::from_millis(1100)).await;
     // The call goes through the real MCP server and client, over an in-process pipe.
-    let server = BpfsightServer::with_policy(collector.store().clone(), policy_from(&a.policy)?)?;
+    let server = BpfsightServer::with_policy(collector.store().clone(), policy)?.with_casebase(casebase);
     let (server_io, client_io) = tokio::io::duplex(1 << 20);
     let server_task = tokio::spawn(async move {
         if let Ok(running) = server.serve(server_io).await {

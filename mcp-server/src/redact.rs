@@ -16,7 +16,9 @@ use serde_json::Value;
 use siphasher::sip::SipHasher13;
 
 /// What to do with an identifier (IP address, user name).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Treatment {
     /// Leave it.

@@ -16,11 +16,16 @@ use rmcp::service::RequestContext;
 use rmcp::{ErrorData, RoleServer, ServerHandler, tool, tool_handler, tool_router};
 use serde::Serialize;
 
-use crate::args::{self, Args, ConnectionStatsArgs, ListServicesArgs, ServiceErrorsArgs};
+use bpfsight_casebase::{CaseBase, Filter, NewIncident, Query, Source, TimeRange};
+
+use crate::args::{
+    self, Args, ConnectionStatsArgs, GetIncidentArgs, IncidentSource, ListServicesArgs, RecordIncidentArgs,
+    ServiceErrorsArgs, SimilarIncidentsArgs,
+};
 use crate::audit::{AuditLog, AuditRecord, now_rfc3339};
 use crate::auth::{Principal, Role};
 use crate::redact::Redactor;
-use crate::summary;
+use crate::{incidents, summary, symptoms};
 
 /// How a server instance treats callers: who they are by default, which tools exist, where
 /// calls are audited.
@@ -42,6 +47,9 @@ pub struct Policy {
     pub redactor: Arc<Redactor>,
     /// Call counters for the metrics endpoint.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Offer tools that change state (record_incident). Off by default: such tools are then
+    /// neither listed nor callable, whatever the caller's role.
+    pub write_tools: bool,
 }
 
 impl Default for Policy {
@@ -55,6 +63,7 @@ impl Default for Policy {
             call_timeout: Duration::from_secs(10),
             redactor: Arc::new(Redactor::default()),
             metrics: Arc::default(),
+            write_tools: false,
         }
     }
 }
@@ -72,6 +81,7 @@ pub struct UnknownTool {
 #[derive(Clone)]
 pub struct BpfsightServer {
     store: Arc<RwLock<Store>>,
+    casebase: Option<Arc<CaseBase>>,
     tool_router: ToolRouter<Self>,
     policy: Arc<Policy>,
 }
@@ -112,13 +122,52 @@ impl BpfsightServer {
             check(allow, "--tools")?;
         }
         check(&policy.deny_tools, "--deny-tools")?;
+        let writes: Vec<String> = tool_router
+            .list_all()
+            .into_iter()
+            .filter(|t| t.annotations.as_ref().and_then(|a| a.read_only_hint) != Some(true))
+            .map(|t| t.name.to_string())
+            .collect();
         for name in &known {
             let allowed = policy.allow_tools.as_ref().is_none_or(|a| a.contains(name));
-            if !allowed || policy.deny_tools.contains(name) {
+            let write_hidden = !policy.write_tools && writes.contains(name);
+            if !allowed || write_hidden || policy.deny_tools.contains(name) {
                 tool_router.disable_route(name.clone());
             }
         }
-        Ok(BpfsightServer { store, tool_router, policy: Arc::new(policy) })
+        Ok(BpfsightServer { store, casebase: None, tool_router, policy: Arc::new(policy) })
+    }
+
+    /// Answers the incident tools from `casebase`; without one they report it missing.
+    pub fn with_casebase(mut self, casebase: Arc<CaseBase>) -> Self {
+        self.casebase = Some(casebase);
+        self
+    }
+
+    /// Why `tool` cannot be called here, and what can.
+    fn unavailable(&self, tool: &str) -> ErrorData {
+        let listed: Vec<String> =
+            self.tool_router.list_all().into_iter().map(|t| t.name.to_string()).collect();
+        let why = if self.tool_router.has_route(tool) {
+            let write = self
+                .tool_router
+                .get(tool)
+                .is_some_and(|t| t.annotations.as_ref().and_then(|a| a.read_only_hint) != Some(true));
+            if write && !self.policy.write_tools {
+                format!("{tool} changes state and this server runs read-only (start it with --write-tools)")
+            } else {
+                format!("{tool} is turned off on this server (--tools / --deny-tools)")
+            }
+        } else {
+            format!("unknown tool {tool:?}")
+        };
+        ErrorData::invalid_params(format!("{why}; available tools: {}", listed.join(", ")), None)
+    }
+
+    fn casebase(&self) -> Result<&CaseBase, ErrorData> {
+        self.casebase.as_deref().ok_or_else(|| {
+            ErrorData::internal_error("the incident case base is not loaded in this server", None)
+        })
     }
 
     /// The call counters this server updates.
@@ -202,6 +251,134 @@ answering connects to closed ports.",
         debug_assert_eq!(report.definition, ERROR_RATE_DEFINITION);
         result(&report, summary::errors(&report))
     }
+
+    #[tool(
+        description = "Have we seen this before? Finds the past incidents and known failure patterns closest to \
+what is happening now, with their root cause and the fix that worked. Give `service` to match its live kernel \
+symptoms over `window` (retransmits, failed connects, resets, connection churn), `description` to match words \
+(\"clients time out connecting to the database\"), or both (fused). With neither, the whole host's symptoms are \
+used. Returns {query: {signature_summary: {scope, measured, unmeasured, counts}, text}, matches: [{id, title, \
+score (-1..1, higher is closer), signature_score, text_score, matched_on (shared symptoms, and description), \
+root_cause, resolution, tags, source (seeded pattern or recorded here)}]}. get_incident gives the full record.",
+        input_schema = schema_for_type::<SimilarIncidentsArgs>(),
+        annotations(title = "Similar incidents", read_only_hint = true, destructive_hint = false, idempotent_hint = true, open_world_hint = false)
+    )]
+    async fn similar_incidents(
+        &self,
+        Args(a): Args<SimilarIncidentsArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let window = args::window(a.window.as_deref())?;
+        let top_k = args::top_k(a.top_k)?;
+        let description = non_empty("description", a.description)?;
+        let casebase = self.casebase()?;
+        // Symptoms from the service, or from the host when there is nothing else to go on.
+        let symptoms = if a.service.is_some() || description.is_none() {
+            Some(symptoms::live(&*self.read()?, a.service.as_deref(), window).map_err(args::invalid)?)
+        } else {
+            None
+        };
+        let text = match &description {
+            Some(d) => Some(casebase.embedder().embed(d).await.map_err(|e| casebase_error(e.into()))?),
+            None => None,
+        };
+        if description.is_none() && symptoms.as_ref().is_some_and(|(s, _)| s.is_zero()) {
+            let scope = symptoms.as_ref().map_or("host", |(_, s)| s.scope.as_str());
+            return Err(ErrorData::invalid_params(
+                format!(
+                    "{scope} shows no abnormal symptoms in the last {}s, so there is nothing to match; \
+                     add a description of the problem, or widen the window",
+                    window.secs()
+                ),
+                None,
+            ));
+        }
+        let filter = Filter {
+            service: None,
+            tags: a.tags.unwrap_or_default(),
+            source: a.source.map(|s| match s {
+                IncidentSource::Seeded => Source::Seeded,
+                IncidentSource::Recorded => Source::Recorded,
+            }),
+        };
+        let q = Query {
+            signature: symptoms.as_ref().map(|(s, _)| s).filter(|s| !s.is_zero()),
+            text: text.as_deref(),
+            top_k,
+            filter,
+            text_weight: 0.5,
+        };
+        let matches = casebase.search(&q).map_err(casebase_error)?;
+        let report = incidents::SimilarReport::new(symptoms.map(|(_, s)| s), description, matches);
+        let text = report.summary();
+        result(&report, text)
+    }
+
+    #[tool(
+        description = "Remember an incident so similar_incidents finds it next time: title, root cause and the fix, \
+with the live kernel symptoms of `service` (or the host) over `window` as its signature. Changes state: it needs a \
+write token and a server started with write tools enabled. Returns {incident: {id, ...}, signature_summary}.",
+        input_schema = schema_for_type::<RecordIncidentArgs>(),
+        annotations(title = "Record incident", read_only_hint = false, destructive_hint = false, idempotent_hint = false, open_world_hint = false)
+    )]
+    async fn record_incident(&self, Args(a): Args<RecordIncidentArgs>) -> Result<CallToolResult, ErrorData> {
+        let window = args::window(a.window.as_deref())?;
+        let casebase = self.casebase()?;
+        let (signature, summary) =
+            symptoms::live(&*self.read()?, a.service.as_deref(), window).map_err(args::invalid)?;
+        let now = now_ms();
+        let new = NewIncident {
+            title: a.title,
+            services: a.service.into_iter().collect(),
+            time_range: Some(TimeRange { start_ms: now.saturating_sub(window.secs() * 1000), end_ms: now }),
+            signature,
+            description: a.description.unwrap_or_default(),
+            root_cause: a.root_cause,
+            resolution: a.resolution,
+            tags: a.tags.unwrap_or_default(),
+        };
+        let incident = casebase.record(new, now).await.map_err(casebase_error)?;
+        let text = format!("Recorded {}: {}", incident.id, incident.title);
+        result(&serde_json::json!({"incident": incident, "signature_summary": summary}), text)
+    }
+
+    #[tool(
+        description = "The full record of one incident or failure pattern by id (from similar_incidents or \
+record_incident): title, services, time range, symptom signature (deviation per metric, 0 normal .. 5 extreme), \
+description, root cause, resolution, tags, source.",
+        input_schema = schema_for_type::<GetIncidentArgs>(),
+        annotations(title = "Get incident", read_only_hint = true, destructive_hint = false, idempotent_hint = true, open_world_hint = false)
+    )]
+    async fn get_incident(&self, Args(a): Args<GetIncidentArgs>) -> Result<CallToolResult, ErrorData> {
+        let incident = self.casebase()?.get(a.id.trim()).map_err(casebase_error)?;
+        let text = format!(
+            "{}: {}\nRoot cause: {}\nResolution: {}",
+            incident.id, incident.title, incident.root_cause, incident.resolution
+        );
+        result(&incident, text)
+    }
+}
+
+fn casebase_error(e: bpfsight_casebase::Error) -> ErrorData {
+    use bpfsight_casebase::Error as E;
+    match e {
+        E::Invalid { .. } | E::NotFound { .. } => ErrorData::invalid_params(e.to_string(), None),
+        E::ReadOnly => ErrorData::invalid_request(e.to_string(), None),
+        _ => ErrorData::internal_error(e.to_string(), None),
+    }
+}
+
+fn non_empty(field: &str, v: Option<String>) -> Result<Option<String>, ErrorData> {
+    match v {
+        Some(s) if s.trim().is_empty() => Err(ErrorData::invalid_params(
+            format!("invalid {field}: it is empty; leave it out or give some text"),
+            None,
+        )),
+        other => Ok(other),
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Who is calling, from the HTTP layer's extensions, else the policy's local principal.
@@ -235,7 +412,9 @@ impl ServerHandler for BpfsightServer {
             .tool_router
             .get(&tool)
             .is_none_or(|t| t.annotations.as_ref().and_then(|a| a.read_only_hint) == Some(true));
-        let mut result = if !read_only && principal.role < Role::Write {
+        let mut result = if !self.tool_router.has_route(&tool) || self.tool_router.is_disabled(&tool) {
+            Err(self.unavailable(&tool))
+        } else if !read_only && principal.role < Role::Write {
             Err(ErrorData::invalid_request(
                 format!("{} has the read role; {tool} changes state and needs a write token", principal.name),
                 None,

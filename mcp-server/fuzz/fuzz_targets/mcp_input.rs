@@ -3,7 +3,11 @@
 //! redactor over arbitrary text. None of it may panic.
 #![no_main]
 
-use bpfsight::args::{ConnectionStatsArgs, ListServicesArgs, ServiceErrorsArgs, limit, window};
+use bpfsight::args::{
+    ConnectionStatsArgs, GetIncidentArgs, ListServicesArgs, RecordIncidentArgs, ServiceErrorsArgs,
+    SimilarIncidentsArgs, limit, top_k, window,
+};
+use bpfsight_casebase::{HashedEmbedder, NewIncident, Signature};
 use bpfsight::auth::Tokens;
 use bpfsight::redact::{Redactor, Treatment};
 use bpfsight_collector::query::{ConnectionQuery, ServiceListQuery};
@@ -37,7 +41,30 @@ fuzz_target!(|data: &[u8]| {
             limit: Some(l),
         });
     }
+    if let Ok(a) = serde_json::from_slice::<SimilarIncidentsArgs>(data) {
+        let _ = (window(a.window.as_deref()), top_k(a.top_k));
+    }
+    if let Ok(a) = serde_json::from_slice::<RecordIncidentArgs>(data) {
+        let new = NewIncident {
+            title: a.title,
+            root_cause: a.root_cause,
+            resolution: a.resolution,
+            description: a.description.unwrap_or_default(),
+            tags: a.tags.unwrap_or_default(),
+            ..NewIncident::default()
+        };
+        let _ = new.validate();
+    }
+    let _ = serde_json::from_slice::<GetIncidentArgs>(data);
+    if let Ok(sig) = serde_json::from_slice::<Signature>(data) {
+        assert!(sig.as_slice().iter().all(|v| v.is_finite() && v.abs() <= 5.0));
+    }
+    // The incident log's reader sees whatever a crash or a bad disk left behind.
+    let _ = bpfsight_casebase::log::parse(data);
     if let Ok(text) = std::str::from_utf8(data) {
+        let v = HashedEmbedder::default().embed(text);
+        let norm: f32 = v.iter().map(|x| x * x).sum();
+        assert!(norm == 0.0 || (norm - 1.0).abs() < 1e-3, "embedding not unit length: {norm}");
         let _ = text.parse::<Window>();
         let _ = Tokens::parse(text, "fuzz");
         let r = &*REDACTOR;
