@@ -208,3 +208,20 @@ def test_metrics_endpoint_counts_calls_and_reports_collector_health(tmp_path):
         assert 'bpfsight_bpf_program_runs_total{program="sock_send_length"}' in text
     finally:
         server.stop()
+
+
+def test_streamable_http_sessions_are_capped(tmp_path):
+    server = HttpServer(tmp_path, extra=("--max-sessions", "2"))
+    try:
+        headers = {**MCP_HEADERS, "Authorization": f"Bearer {READ_SECRET}"}
+        opened = [httpx2.post(server.url, json=INIT, headers=headers, timeout=10) for _ in range(2)]
+        assert all(r.status_code == 200 and r.headers.get("mcp-session-id") for r in opened), opened
+        third = httpx2.post(server.url, json=INIT, headers=headers, timeout=10)
+        assert third.status_code == 503 and "too many open sessions (2)" in third.text, third.text
+        # Closing one makes room again.
+        sid = opened[0].headers["mcp-session-id"]
+        httpx2.delete(server.url, headers={**headers, "mcp-session-id": sid}, timeout=10)
+        again = httpx2.post(server.url, json=INIT, headers=headers, timeout=10)
+        assert again.status_code == 200, again.text
+    finally:
+        server.stop()

@@ -1,5 +1,6 @@
 """Incident memory through the real binary: similar_incidents, get_incident, record_incident."""
 import os
+import ssl
 import subprocess
 
 import anyio
@@ -147,7 +148,7 @@ def test_https_with_a_certificate_and_key(tmp_path):
 
         async def main():
             headers = {"Authorization": f"Bearer {READ_SECRET}"}
-            async with httpx2.AsyncClient(headers=headers, timeout=30, verify=str(cert)) as client:
+            async with httpx2.AsyncClient(headers=headers, timeout=30, verify=ssl.create_default_context(cafile=str(cert))) as client:
                 async with streamable_http_client(server.url, http_client=client) as (r, w, *_):
                     async with ClientSession(r, w) as s:
                         await s.initialize()

@@ -24,6 +24,8 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
+    // reqwest is built without a bundled crypto provider (bpfsight brings ring).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let sessions = env_or("SESSIONS", 64);
     let calls = env_or("CALLS", 1000);
     let mut child = Command::new(env!("CARGO_BIN_EXE_bpfsight"))

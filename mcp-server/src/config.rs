@@ -63,7 +63,7 @@ pub struct HttpFile {
     pub max_body_bytes: Option<usize>,
     /// Idle sessions expire after this many seconds.
     pub session_idle_secs: Option<u64>,
-    /// Most legacy SSE sessions at once.
+    /// Most sessions open at once, per transport (streamable HTTP, legacy SSE).
     pub max_sessions: Option<usize>,
     /// PEM certificate chain: serve HTTPS.
     pub tls_cert: Option<PathBuf>,
@@ -174,7 +174,7 @@ pub struct HttpSettings {
     pub max_body_bytes: usize,
     /// Idle session expiry, seconds.
     pub session_idle_secs: u64,
-    /// Most legacy SSE sessions.
+    /// Most sessions per transport.
     pub max_sessions: usize,
     /// TLS certificate chain (PEM).
     pub tls_cert: Option<PathBuf>,

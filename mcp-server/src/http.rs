@@ -33,7 +33,7 @@ pub struct HttpConfig {
     pub max_body_bytes: usize,
     /// Sessions idle this long are closed.
     pub session_idle: Duration,
-    /// Most legacy SSE sessions open at once.
+    /// Most sessions open at once, per transport.
     pub max_sessions: usize,
     /// Serve HTTPS with this configuration.
     pub tls: Option<Arc<rustls::ServerConfig>>,
@@ -96,6 +96,24 @@ async fn gate(State(g): State<Arc<Gate>>, mut req: Request, next: Next) -> Respo
     next.run(req).await
 }
 
+struct SessionCap {
+    sessions: Arc<LocalSessionManager>,
+    max: usize,
+}
+
+/// Refuses a request that would open a new streamable-HTTP session when `max` are open.
+async fn session_cap(State(c): State<Arc<SessionCap>>, req: Request, next: Next) -> Response {
+    let opens_session = req.method() == http::Method::POST && !req.headers().contains_key("mcp-session-id");
+    if opens_session && c.sessions.sessions.read().await.len() >= c.max {
+        let msg = format!(
+            "too many open sessions ({}); close idle sessions, wait for them to expire, or raise --max-sessions",
+            c.max
+        );
+        return deny(StatusCode::SERVICE_UNAVAILABLE, &msg);
+    }
+    next.run(req).await
+}
+
 /// Checks the configuration before binding: what would be unsafe is refused with how to fix it.
 pub fn check(cfg: &HttpConfig) -> anyhow::Result<()> {
     if !cfg.addr.ip().is_loopback() && cfg.tokens.is_none() {
@@ -126,8 +144,10 @@ pub fn router(server: BpfsightServer, cfg: &HttpConfig) -> Router {
     sc.max_request_body_bytes = cfg.max_body_bytes;
     let mut sessions = LocalSessionManager::default();
     sessions.session_config.keep_alive = Some(cfg.session_idle);
+    let sessions = Arc::new(sessions);
     let server_for_sse = server.clone();
-    let service = StreamableHttpService::new(move || Ok(server.clone()), Arc::new(sessions), sc);
+    let service = StreamableHttpService::new(move || Ok(server.clone()), sessions.clone(), sc);
+    let cap = Arc::new(SessionCap { sessions, max: cfg.max_sessions });
     let gate_state = Arc::new(Gate {
         tokens: cfg.tokens.clone(),
         allowed_origins: cfg.allowed_origins.clone(),
@@ -136,6 +156,7 @@ pub fn router(server: BpfsightServer, cfg: &HttpConfig) -> Router {
     let legacy = crate::sse::SseSessions::new(server_for_sse, cfg.max_sessions);
     Router::new()
         .nest_service("/mcp", service)
+        .layer(middleware::from_fn_with_state(cap, session_cap))
         .route("/sse", axum::routing::get(crate::sse::open))
         .route("/messages", axum::routing::post(crate::sse::post))
         .with_state(legacy)

@@ -132,7 +132,7 @@ struct ServeArgs {
     /// loopback or a monitoring network).
     #[arg(long, env = "BPFSIGHT_METRICS", value_name = "ADDR")]
     metrics: Option<SocketAddr>,
-    /// Most legacy SSE sessions open at once (default 64).
+    /// Most sessions open at once, per transport (streamable HTTP, legacy SSE); default 256.
     #[arg(long)]
     max_sessions: Option<usize>,
     #[command(flatten)]
@@ -233,7 +233,7 @@ fn settings(serve: Option<&ServeArgs>, common: &CommonArgs) -> anyhow::Result<Se
                 .and_then(|s| s.session_idle_secs)
                 .or(f.http.session_idle_secs)
                 .unwrap_or(600),
-            max_sessions: s.and_then(|s| s.max_sessions).or(f.http.max_sessions).unwrap_or(64),
+            max_sessions: s.and_then(|s| s.max_sessions).or(f.http.max_sessions).unwrap_or(256),
             tls_cert: s.and_then(|s| s.tls_cert.clone()).or(f.http.tls_cert),
             tls_key: s.and_then(|s| s.tls_key.clone()).or(f.http.tls_key),
         },
