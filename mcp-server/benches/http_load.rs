@@ -3,6 +3,11 @@
 //! throughput and latency percentiles. Needs root (the server loads eBPF).
 //!
 //! Run: `cargo bench -p bpfsight --bench http_load` (SESSIONS and CALLS override the sizes).
+//!
+//! Client and server share the machine's cores, so the load generator's own CPU is part of
+//! every latency. `CLIENT=raw` (the default) drives the protocol with plain HTTP requests on a
+//! shared keep-alive pool (what wrk or hey would do); `CLIENT=rmcp` uses rmcp's full client
+//! transport (a task and channels per session), which costs more CPU than the server does.
 
 use std::io::BufRead;
 use std::process::{Command, Stdio};
@@ -51,50 +56,21 @@ fn main() {
     let url = url.expect("server did not start");
     std::thread::sleep(Duration::from_millis(1500)); // first collector poll
 
+    let raw = std::env::var("CLIENT").map_or(true, |c| c != "rmcp");
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let (lat, errors, wall) = rt.block_on(async move {
-        let started = Instant::now();
-        let url: Arc<str> = url.into();
-        let tasks: Vec<_> = (0..sessions)
-            .map(|i| {
-                let url = url.clone();
-                tokio::spawn(async move {
-                    let cfg = StreamableHttpClientTransportConfig::with_uri(url).auth_header(TOKEN);
-                    let client =
-                        ().serve(StreamableHttpClientTransport::from_config(cfg)).await.expect("initialize");
-                    let tools = ["list_services", "get_connection_stats", "get_service_errors"];
-                    let mut lat = Vec::with_capacity(calls);
-                    let mut errors = 0usize;
-                    for c in 0..calls {
-                        let tool = tools[(i + c) % tools.len()];
-                        let t = Instant::now();
-                        let r = client.call_tool(CallToolRequestParams::new(tool)).await;
-                        lat.push(t.elapsed().as_secs_f64() * 1e3);
-                        if !matches!(r, Ok(ref res) if res.is_error != Some(true)) {
-                            errors += 1;
-                        }
-                    }
-                    let _ = client.cancel().await;
-                    (lat, errors)
-                })
-            })
-            .collect();
-        let mut all = Vec::new();
-        let mut errors = 0;
-        for t in tasks {
-            let (l, e) = t.await.expect("session task");
-            all.extend(l);
-            errors += e;
-        }
-        (all, errors, started.elapsed())
-    });
+    let (lat, errors, wall) = if raw {
+        rt.block_on(raw::run(url.clone(), sessions, calls))
+    } else {
+        rt.block_on(rmcp_client(url.clone(), sessions, calls))
+    };
     let _ = child.kill();
     let _ = child.wait();
     let mut lat = lat;
     lat.sort_by(f64::total_cmp);
     let pct = |p: f64| lat[((lat.len() as f64 - 1.0) * p).round() as usize];
     println!(
-        "bpfsight HTTP load: {sessions} sessions x {calls} calls (streamable HTTP, bearer token, live collector)"
+        "bpfsight HTTP load: {sessions} sessions x {calls} calls (streamable HTTP, bearer token, live collector, {} client)",
+        if raw { "raw HTTP" } else { "rmcp" }
     );
     println!("   calls: {}  errors: {errors}", lat.len());
     println!(
@@ -111,5 +87,122 @@ fn main() {
     );
     if errors > 0 {
         std::process::exit(1);
+    }
+}
+
+const TOOLS: [&str; 3] = ["list_services", "get_connection_stats", "get_service_errors"];
+
+/// Latencies (ms), errors and wall time of `sessions` rmcp clients making `calls` calls each.
+async fn rmcp_client(url: String, sessions: usize, calls: usize) -> (Vec<f64>, usize, Duration) {
+    let started = Instant::now();
+    let url: Arc<str> = url.into();
+    let tasks: Vec<_> = (0..sessions)
+        .map(|i| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let cfg = StreamableHttpClientTransportConfig::with_uri(url).auth_header(TOKEN);
+                let client =
+                    ().serve(StreamableHttpClientTransport::from_config(cfg)).await.expect("initialize");
+                let mut lat = Vec::with_capacity(calls);
+                let mut errors = 0usize;
+                for c in 0..calls {
+                    let tool = TOOLS[(i + c) % TOOLS.len()];
+                    let t = Instant::now();
+                    let r = client.call_tool(CallToolRequestParams::new(tool)).await;
+                    lat.push(t.elapsed().as_secs_f64() * 1e3);
+                    if !matches!(r, Ok(ref res) if res.is_error != Some(true)) {
+                        errors += 1;
+                    }
+                }
+                let _ = client.cancel().await;
+                (lat, errors)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (l, e) = t.await.expect("session task");
+        all.extend(l);
+        errors += e;
+    }
+    (all, errors, started.elapsed())
+}
+
+mod raw {
+    //! The protocol over plain HTTP: one POST per JSON-RPC message on a shared keep-alive
+    //! pool; replies arrive as JSON or as a short SSE stream whose `data:` line is the reply.
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use super::{TOKEN, TOOLS};
+
+    async fn post(
+        client: &reqwest::Client,
+        url: &str,
+        session: Option<&str>,
+        body: String,
+    ) -> Result<(Option<String>, String), String> {
+        let mut req = client
+            .post(url)
+            .bearer_auth(TOKEN)
+            .header("accept", "application/json, text/event-stream")
+            .header("content-type", "application/json")
+            .header("mcp-protocol-version", "2025-06-18")
+            .body(body);
+        if let Some(s) = session {
+            req = req.header("mcp-session-id", s);
+        }
+        let resp = req.send().await.map_err(|e| e.to_string())?;
+        if !resp.status().is_success() {
+            return Err(format!("HTTP {}", resp.status()));
+        }
+        let sid = resp.headers().get("mcp-session-id").and_then(|v| v.to_str().ok()).map(str::to_string);
+        let text = resp.text().await.map_err(|e| e.to_string())?;
+        Ok((sid, text))
+    }
+
+    pub async fn run(url: String, sessions: usize, calls: usize) -> (Vec<f64>, usize, Duration) {
+        let client = reqwest::Client::builder().pool_max_idle_per_host(sessions).build().unwrap();
+        let url: Arc<str> = url.into();
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..sessions)
+            .map(|i| {
+                let (client, url) = (client.clone(), url.clone());
+                tokio::spawn(async move {
+                    let init = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"http_load","version":"0"}}}"#;
+                    let (sid, _) = post(&client, &url, None, init.into()).await.expect("initialize");
+                    let sid = sid.expect("no mcp-session-id");
+                    let note = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
+                    post(&client, &url, Some(&sid), note.into()).await.expect("initialized");
+                    let mut lat = Vec::with_capacity(calls);
+                    let mut errors = 0usize;
+                    for c in 0..calls {
+                        let tool = TOOLS[(i + c) % TOOLS.len()];
+                        let body = format!(
+                            r#"{{"jsonrpc":"2.0","id":{},"method":"tools/call","params":{{"name":"{tool}","arguments":{{}}}}}}"#,
+                            c + 1
+                        );
+                        let t = Instant::now();
+                        let r = post(&client, &url, Some(&sid), body).await;
+                        lat.push(t.elapsed().as_secs_f64() * 1e3);
+                        let ok = r.is_ok_and(|(_, text)| {
+                            text.contains("\"result\"") && !text.contains("\"isError\":true")
+                        });
+                        errors += usize::from(!ok);
+                    }
+                    let _ = client.delete(&*url).bearer_auth(TOKEN).header("mcp-session-id", sid).send().await;
+                    (lat, errors)
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        let mut errors = 0;
+        for t in tasks {
+            let (l, e) = t.await.expect("session task");
+            all.extend(l);
+            errors += e;
+        }
+        (all, errors, started.elapsed())
     }
 }

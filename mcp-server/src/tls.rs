@@ -61,6 +61,8 @@ impl TlsListener {
                         continue;
                     }
                 };
+                // As for plain HTTP: small streamed writes must not wait for delayed ACKs.
+                let _ = sock.set_nodelay(true);
                 if tx.is_closed() {
                     break;
                 }
