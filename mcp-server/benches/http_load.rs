@@ -119,6 +119,14 @@ async fn rmcp_client(url: String, sessions: usize, calls: usize) -> (Vec<f64>, u
             })
         })
         .collect();
+    gather(tasks, started).await
+}
+
+/// Joins the session tasks: all latencies, total errors, wall time since `started`.
+async fn gather(
+    tasks: Vec<tokio::task::JoinHandle<(Vec<f64>, usize)>>,
+    started: Instant,
+) -> (Vec<f64>, usize, Duration) {
     let mut all = Vec::new();
     let mut errors = 0;
     for t in tasks {
@@ -196,13 +204,6 @@ mod raw {
                 })
             })
             .collect();
-        let mut all = Vec::new();
-        let mut errors = 0;
-        for t in tasks {
-            let (l, e) = t.await.expect("session task");
-            all.extend(l);
-            errors += e;
-        }
-        (all, errors, started.elapsed())
+        super::gather(tasks, started).await
     }
 }
