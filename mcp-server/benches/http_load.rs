@@ -57,7 +57,13 @@ fn main() {
     std::thread::sleep(Duration::from_millis(1500)); // first collector poll
 
     let raw = std::env::var("CLIENT").map_or(true, |c| c != "rmcp");
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    // CLIENT_THREADS=1 leaves more of the cores to the server (the client then saturates first).
+    let client_threads = env_or("CLIENT_THREADS", 2);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(client_threads)
+        .enable_all()
+        .build()
+        .unwrap();
     let (lat, errors, wall) = if raw {
         rt.block_on(raw::run(url.clone(), sessions, calls))
     } else {

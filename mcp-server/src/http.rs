@@ -142,6 +142,9 @@ pub fn router(server: BpfsightServer, cfg: &HttpConfig) -> Router {
     hosts.extend(cfg.allowed_hosts.iter().cloned());
     sc.allowed_hosts = hosts;
     sc.max_request_body_bytes = cfg.max_body_bytes;
+    // A priming event lets a client resume a broken stream from an event store; there is no
+    // event store here (tool results are recomputed, not replayed), so it is only overhead.
+    sc.sse_retry = None;
     let mut sessions = LocalSessionManager::default();
     sessions.session_config.keep_alive = Some(cfg.session_idle);
     let sessions = Arc::new(sessions);

@@ -21,7 +21,7 @@ struct Histogram {
 /// Counters the MCP layer updates.
 #[derive(Default)]
 pub struct Metrics {
-    calls: Mutex<BTreeMap<(String, &'static str), u64>>,
+    calls: Mutex<BTreeMap<String, BTreeMap<&'static str, u64>>>,
     latency: Mutex<BTreeMap<String, Histogram>>,
     /// Legacy SSE sessions open now.
     pub sse_sessions: AtomicI64,
@@ -30,11 +30,18 @@ pub struct Metrics {
 impl Metrics {
     /// Records one tool call.
     pub fn record_call(&self, tool: &str, outcome: &'static str, seconds: f64) {
+        // Look up before inserting: the tool names are few, so allocate a key only once each.
         if let Ok(mut c) = self.calls.lock() {
-            *c.entry((tool.to_string(), outcome)).or_default() += 1;
+            if !c.contains_key(tool) {
+                c.insert(tool.to_string(), BTreeMap::new());
+            }
+            *c.get_mut(tool).expect("inserted above").entry(outcome).or_default() += 1;
         }
         if let Ok(mut l) = self.latency.lock() {
-            let h = l.entry(tool.to_string()).or_default();
+            if !l.contains_key(tool) {
+                l.insert(tool.to_string(), Histogram::default());
+            }
+            let h = l.get_mut(tool).expect("inserted above");
             h.count += 1;
             h.sum += seconds;
             for (i, b) in BUCKETS.iter().enumerate() {
@@ -67,12 +74,14 @@ impl Exporter {
         let mut o = String::new();
         o += "# HELP bpfsight_tool_calls_total MCP tool calls by tool and outcome.\n# TYPE bpfsight_tool_calls_total counter\n";
         if let Ok(c) = self.metrics.calls.lock() {
-            for ((tool, outcome), n) in c.iter() {
-                let _ = writeln!(
-                    o,
-                    "bpfsight_tool_calls_total{{tool=\"{}\",outcome=\"{outcome}\"}} {n}",
-                    esc(tool)
-                );
+            for (tool, outcomes) in c.iter() {
+                for (outcome, n) in outcomes {
+                    let _ = writeln!(
+                        o,
+                        "bpfsight_tool_calls_total{{tool=\"{}\",outcome=\"{outcome}\"}} {n}",
+                        esc(tool)
+                    );
+                }
             }
         }
         o += "# HELP bpfsight_tool_call_seconds MCP tool call latency.\n# TYPE bpfsight_tool_call_seconds histogram\n";

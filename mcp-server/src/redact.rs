@@ -207,12 +207,12 @@ impl Redactor {
 
 /// Cheap pre-check: whether any secret pattern could match `s`.
 fn might_hold_secret(s: &str) -> bool {
-    const WORDS: [&str; 8] = ["pass", "pwd", "token", "secret", "key", "auth", "credential", "bearer"];
-    if s.contains('=') || s.contains("://") {
-        return true;
-    }
-    let lower = s.to_ascii_lowercase();
-    WORDS.iter().any(|w| lower.contains(w))
+    // One case-insensitive pass (the regex engine turns the literals into a SIMD prefilter),
+    // no lower-cased copy: this runs on every string of every result.
+    static HINT: std::sync::LazyLock<Regex> = std::sync::LazyLock::new(|| {
+        Regex::new(r"(?i)pass|pwd|token|secret|key|auth|credential|bearer|=|://").expect("valid pattern")
+    });
+    HINT.is_match(s)
 }
 
 impl Default for Redactor {

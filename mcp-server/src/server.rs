@@ -406,8 +406,12 @@ impl ServerHandler for BpfsightServer {
         let started = Instant::now();
         let (principal, session) = caller(&context, &self.policy);
         let tool = request.name.to_string();
-        let mut arguments = serde_json::Value::Object(request.arguments.clone().unwrap_or_default());
-        self.policy.redactor.redact_value(&mut arguments);
+        // The audit log is the only reader of the arguments after the call.
+        let arguments = self.policy.audit.as_ref().map(|_| {
+            let mut a = serde_json::Value::Object(request.arguments.clone().unwrap_or_default());
+            self.policy.redactor.redact_value(&mut a);
+            a
+        });
         let read_only = self
             .tool_router
             .get(&tool)
@@ -462,7 +466,7 @@ impl ServerHandler for BpfsightServer {
                 principal: &principal.name,
                 transport: self.policy.transport,
                 tool: &tool,
-                arguments: &arguments,
+                arguments: arguments.as_ref().unwrap_or(&serde_json::Value::Null),
                 outcome,
                 error: error.as_deref(),
                 result_bytes: bytes,
