@@ -213,8 +213,8 @@ api_key_env = "BPFSIGHT_TEST_UNSET_KEY"
 
 
 class EmbeddingService:
-    """An OpenAI-compatible /v1/embeddings endpoint on loopback (hashed bag of words, 64 dims),
-    standing in for a hosted model that this machine cannot reach."""
+    """OpenAI-compatible /v1/embeddings and Ollama /api/embeddings on loopback (hashed bag of
+    words, 64 dims), standing in for a model server that this machine cannot reach."""
 
     def __init__(self):
         import hashlib
@@ -228,10 +228,15 @@ class EmbeddingService:
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 seen.append((self.path, self.headers.get("Authorization"), body["model"]))
+                text = body.get("input") or body.get("prompt")  # OpenAI / Ollama
                 vec = [0.0] * 64
-                for w in body["input"].lower().split():
+                for w in text.lower().split():
                     vec[int(hashlib.sha1(w.encode()).hexdigest(), 16) % 64] += 1.0
-                out = json.dumps({"data": [{"embedding": vec, "index": 0}], "model": body["model"]}).encode()
+                if self.path == "/api/embeddings":
+                    answer = {"embedding": vec}
+                else:
+                    answer = {"data": [{"embedding": vec, "index": 0}], "model": body["model"]}
+                out = json.dumps(answer).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(out)))
@@ -282,3 +287,18 @@ timeout_secs = 3
         assert r["matches"][0]["id"] == "disk-full", r
 
     run_with_server(down, ("serve", "--config", str(cfg), "--data-dir", str(tmp_path / "d")))
+
+
+def test_ollama_embedder_through_flags(tmp_path):
+    svc = EmbeddingService()
+    url = svc.url.replace("/v1/embeddings", "/api/embeddings")
+    try:
+        async def body(s):
+            r = await call(s, "similar_incidents", {"description": "kernel says nf_conntrack table full", "top_k": 2})
+            assert r["matches"][0]["text_score"] is not None, r
+
+        run_with_server(body, ("serve", "--embedder", "ollama", "--embedder-url", url,
+                                     "--embedder-model", "nomic-embed-text", "--data-dir", str(tmp_path)))
+        assert svc.requests and all(p == "/api/embeddings" and m == "nomic-embed-text" for p, _, m in svc.requests)
+    finally:
+        svc.stop()
