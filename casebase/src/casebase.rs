@@ -9,7 +9,7 @@ use crate::embed::Embedder;
 use crate::incident::{Incident, NewIncident, Source};
 use crate::index::VectorIndex;
 use crate::log::{IncidentLog, LogHealth, write_atomic};
-use crate::schema::{self, Feature, SCHEMA_VERSION, Signature};
+use crate::schema::{self, SCHEMA_VERSION, Signature};
 use crate::{Error, seeds};
 
 /// Most matches one search returns.
@@ -448,9 +448,4 @@ fn add(inner: &mut Inner, incident: Incident, text: &[f32]) -> Result<(), Error>
     inner.texts.add(key, &text)?;
     inner.incidents.push(incident);
     Ok(())
-}
-
-/// Features a signature reports as measured, for summaries.
-pub fn describe(sig: &Signature) -> Vec<(Feature, f32)> {
-    sig.significant()
 }
