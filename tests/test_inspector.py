@@ -26,7 +26,7 @@ def inspector(*args, tmp_path):
 def test_inspector_lists_and_calls_tools_over_stdio(tmp_path):
     out = inspector(bpfsight_bin(), "serve", "--method", "tools/list", tmp_path=tmp_path)
     tools = {t["name"]: t for t in out["tools"]}
-    assert set(tools) == {"list_services", "get_connection_stats", "get_service_errors", "similar_incidents", "get_incident"}
+    assert set(tools) == {"list_services", "get_connection_stats", "get_service_errors", "get_high_latency_services", "get_resource_usage", "get_events", "similar_incidents", "get_incident"}
     assert tools["get_service_errors"]["annotations"]["readOnlyHint"] is True
     res = inspector(bpfsight_bin(), "serve", "--method", "tools/call", "--tool-name", "get_connection_stats",
                     "--tool-arg", "window=30s", tmp_path=tmp_path)

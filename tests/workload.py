@@ -5,6 +5,7 @@ service name. Run: python workload.py ROLE --name NAME --port PORT [--host H] [-
 """
 import argparse
 import ctypes
+import os
 import socket
 import struct
 import sys
@@ -122,7 +123,61 @@ def reset_client(a) -> None:
     print(f"resets {resets}", flush=True)
 
 
+def spin(a) -> None:
+    """Burns CPU until --seconds pass: a CPU hog."""
+    end = time.monotonic() + a.seconds
+    while time.monotonic() < end:
+        pass
+
+
+def sleeper(a) -> None:
+    """Sleeps 1 ms at a time: wakes up ~1000 times a second, each time waiting for a CPU."""
+    end = time.monotonic() + a.seconds
+    while time.monotonic() < end:
+        time.sleep(0.001)
+
+
+def fsync_loop(a) -> None:
+    """Writes --size bytes and fsyncs, in a loop: real block IO from this process."""
+    path = os.path.join(a.dir, f"{a.name}.dat")
+    end = time.monotonic() + a.seconds
+    n = 0
+    with open(path, "wb") as f:
+        while time.monotonic() < end:
+            f.write(os.urandom(a.size))
+            f.flush()
+            os.fsync(f.fileno())
+            n += 1
+    os.unlink(path)
+    print(n, flush=True)
+
+
+def enoent(a) -> None:
+    """Opens --count missing files (each fails with ENOENT)."""
+    for i in range(a.count):
+        try:
+            os.open(f"/nonexistent-bpfsight/{i}", os.O_RDONLY)
+        except FileNotFoundError:
+            pass
+
+
+def alloc(a) -> None:
+    """Allocates and touches 1 MiB blocks until --size MiB (or until the OOM killer stops it)."""
+    print("ready", flush=True)
+    blocks = []
+    for _ in range(a.size):
+        b = bytearray(1 << 20)
+        for i in range(0, len(b), 4096):
+            b[i] = 1
+        blocks.append(b)
+
+
 ROLES = {
+    "spin": spin,
+    "sleeper": sleeper,
+    "fsync": fsync_loop,
+    "enoent": enoent,
+    "alloc": alloc,
     "echo-server": echo_server,
     "echo-client": echo_client,
     "refused": refused,
@@ -134,7 +189,8 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser()
     p.add_argument("role", choices=sorted(ROLES))
     p.add_argument("--name", required=True)
-    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--dir", default="/var/tmp")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--count", type=int, default=10)

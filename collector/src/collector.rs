@@ -6,12 +6,13 @@ use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bpfsight_common::{ConnKey, Owner, SockState, TcpEvent, TcpEventKind};
+use bpfsight_common::{ConnKey, Owner, ProcEvent, ProcEventKind, SockState, TcpEvent, TcpEventKind};
 
 use crate::error::CollectorError;
-use crate::loader::{KernelCounters, ProgramSet, ProgramStats, Programs};
-use crate::service::Resolver;
-use crate::store::{Store, TcpEventRecord};
+use crate::host::{Histogram, HostCounters};
+use crate::loader::{HostSnapshot, KernelCounters, ProgramSet, ProgramStats, Programs};
+use crate::service::{IdentitySource, Pid, Resolver, ServiceId};
+use crate::store::{Event, EventDetail, EventKind, Store};
 use crate::tcp::{Peer, TcpCounters};
 use crate::{kernel, procs};
 
@@ -26,7 +27,7 @@ pub struct CollectorConfig {
 
 impl Default for CollectorConfig {
     fn default() -> Self {
-        CollectorConfig { poll_interval: Duration::from_secs(1), programs: ProgramSet::Tcp }
+        CollectorConfig { poll_interval: Duration::from_secs(1), programs: ProgramSet::All }
     }
 }
 
@@ -81,6 +82,8 @@ impl Collector {
             last_change: HashMap::new(),
             prev_sends: HashMap::new(),
             sock_owner: HashMap::new(),
+            prev_host: HostSnapshot::default(),
+            host_last_change: HashMap::new(),
             mono_to_unix_ns: unix_now().as_nanos() as i128 - monotonic_ns() as i128,
             interval: config.poll_interval,
         };
@@ -147,6 +150,10 @@ struct Poller {
     prev_sends: HashMap<u64, TcpCounters>,
     /// Who each socket with sends belongs to, remembered past its destruction.
     sock_owner: HashMap<u64, SockState>,
+    /// Whole-host cumulative counters at the previous poll.
+    prev_host: HostSnapshot,
+    /// Poll second at which each process's host counters last changed.
+    host_last_change: HashMap<Owner, u64>,
     mono_to_unix_ns: i128,
     interval: Duration,
 }
@@ -214,37 +221,144 @@ impl Poller {
         }
     }
 
+    fn unix_ms(&self, ts_ns: u64) -> u64 {
+        ((ts_ns as i128 + self.mono_to_unix_ns) / 1_000_000).max(0) as u64
+    }
+
     fn drain_events(&mut self) {
-        let mut batch: Vec<TcpEvent> = Vec::new();
-        self.programs.drain_events(|e| batch.push(e));
-        if batch.is_empty() {
+        let mut tcp: Vec<TcpEvent> = Vec::new();
+        self.programs.drain_events(|e| tcp.push(e));
+        let mut procs: Vec<ProcEvent> = Vec::new();
+        self.programs.drain_proc_events(|e| procs.push(e));
+        if tcp.is_empty() && procs.is_empty() {
             return;
         }
-        let records: Vec<TcpEventRecord> = batch
+        let mut records: Vec<Event> = tcp
             .into_iter()
             .filter_map(|e| {
                 let kind = match TcpEventKind::from_u32(e.kind)? {
-                    TcpEventKind::FailedConnect => "failed_connect",
-                    TcpEventKind::ResetReceived => "reset_received",
-                    TcpEventKind::ResetSent => "reset_sent",
+                    TcpEventKind::FailedConnect => EventKind::FailedConnect,
+                    TcpEventKind::ResetReceived => EventKind::ResetReceived,
+                    TcpEventKind::ResetSent => EventKind::ResetSent,
                 };
                 let (service, _) = self.resolver.resolve(e.owner.tgid, &e.owner.comm);
-                let time_ms = ((e.ts_ns as i128 + self.mono_to_unix_ns) / 1_000_000).max(0) as u64;
-                Some(TcpEventRecord {
-                    time_ms,
+                Some(Event {
+                    seq: 0,
+                    time_ms: self.unix_ms(e.ts_ns),
                     kind,
                     service,
                     pid: e.owner.tgid,
-                    local: Peer::from_raw(e.family, e.local_addr, e.local_port).to_string(),
-                    peer: Peer::from_raw(e.family, e.peer_addr, e.peer_port).to_string(),
+                    detail: EventDetail::Tcp {
+                        local: Peer::from_raw(e.family, e.local_addr, e.local_port).to_string(),
+                        peer: Peer::from_raw(e.family, e.peer_addr, e.peer_port).to_string(),
+                    },
                 })
             })
             .collect();
+        let mut oom: Vec<(ServiceId, IdentitySource, Pid, u64)> = Vec::new();
+        for e in procs {
+            let Some(kind) = ProcEventKind::from_u32(e.kind) else { continue };
+            let (service, identity) = self.resolver.resolve(e.owner.tgid, &e.owner.comm);
+            let time_ms = self.unix_ms(e.ts_ns);
+            let (kind, detail) = match kind {
+                ProcEventKind::OomKill => {
+                    oom.push((service.clone(), identity, e.owner.tgid, time_ms / 1000));
+                    (
+                        EventKind::OomKill,
+                        EventDetail::Oom { total_vm_kib: e.total_vm, anon_rss_kib: e.anon_rss },
+                    )
+                }
+                ProcEventKind::FailedExit => (EventKind::FailedExit, exit_detail(e.exit_code)),
+            };
+            records.push(Event { seq: 0, time_ms, kind, service, pid: e.owner.tgid, detail });
+        }
+        records.sort_by_key(|e| e.time_ms);
         if let Ok(mut store) = self.store.write() {
             for r in records {
                 store.push_event(r);
             }
+            for (service, identity, pid, t) in oom {
+                let d = HostCounters { oom_kills: 1, ..Default::default() };
+                store.record_host(t, &service, identity, &[pid], &d);
+            }
         }
+    }
+
+    /// Whole-host counters -> per-service deltas for second `now`; forgets exited processes.
+    fn poll_host(&mut self, now: u64) -> Vec<(ServiceId, IdentitySource, Vec<Pid>, HostCounters)> {
+        let cur = self.programs.read_host();
+        let mut per_owner: HashMap<Owner, HostCounters> = HashMap::new();
+        for (k, v) in &cur.procs {
+            let prev = self.prev_host.procs.get(k).copied().unwrap_or_default();
+            if *v != prev {
+                per_owner.entry(*k).or_default().add_proc(v, &prev);
+            }
+        }
+        for (k, v) in &cur.io {
+            let prev = self.prev_host.io.get(k).copied().unwrap_or_default();
+            if *v != prev {
+                per_owner.entry(k.owner).or_default().add_io(k.dev, v, &prev);
+            }
+        }
+        // bpfsight's own failures are its machinery (map iterations end in ENOENT, /proc scans
+        // meet exiting processes), not the host's; they would top every error report.
+        let me = std::process::id();
+        for (k, v) in cur.syscall_errors.iter().filter(|(k, _)| k.owner.tgid != me) {
+            let prev = self.prev_host.syscall_errors.get(k).copied().unwrap_or_default();
+            if *v != prev {
+                per_owner.entry(k.owner).or_default().add_syscall_error(k.nr, k.errno, v.wrapping_sub(prev));
+            }
+        }
+        for (k, v) in &cur.syscall_lat {
+            let prev = self.prev_host.syscall_lat.get(k).copied().unwrap_or_default();
+            if *v != prev {
+                per_owner.entry(k.owner).or_default().add_syscall_lat(k.nr, &Histogram::delta(v, &prev));
+            }
+        }
+        for (k, v) in &cur.connect_lat {
+            let prev = self.prev_host.connect_lat.get(k).copied().unwrap_or_default();
+            if *v != prev {
+                per_owner.entry(*k).or_default().connect.merge(&Histogram::delta(v, &prev));
+            }
+        }
+        let mut per_service: HashMap<ServiceId, (IdentitySource, Vec<Pid>, HostCounters)> = HashMap::new();
+        for (owner, d) in per_owner {
+            self.host_last_change.insert(owner, now);
+            let (service, identity) = self.resolver.resolve(owner.tgid, &owner.comm);
+            let e =
+                per_service.entry(service).or_insert_with(|| (identity, Vec::new(), HostCounters::default()));
+            if owner.tgid != 0 && e.1.len() < 16 && !e.1.contains(&owner.tgid) {
+                e.1.push(owner.tgid);
+            }
+            e.2.merge(&d);
+        }
+        // Forget processes that exited and have been quiet, so the kernel maps stay small.
+        let mut stale: Vec<Owner> = cur
+            .procs
+            .keys()
+            .chain(cur.connect_lat.keys())
+            .chain(cur.io.keys().map(|k| &k.owner))
+            .chain(cur.syscall_errors.keys().map(|k| &k.owner))
+            .chain(cur.syscall_lat.keys().map(|k| &k.owner))
+            .filter(|o| o.tgid != 0)
+            .filter(|o| self.host_last_change.get(o).is_none_or(|t| now.saturating_sub(*t) >= FORGET_AFTER_S))
+            .copied()
+            .collect();
+        stale.sort_unstable_by_key(|o| (o.tgid, o.comm));
+        stale.dedup();
+        stale.retain(|o| !procs::alive(o.tgid));
+        self.prev_host = cur;
+        for o in &stale {
+            self.programs.forget_host(o, &self.prev_host);
+            self.host_last_change.remove(o);
+            let p = &mut self.prev_host;
+            p.procs.remove(o);
+            p.connect_lat.remove(o);
+            p.io.retain(|k, _| k.owner != *o);
+            p.syscall_errors.retain(|k, _| k.owner != *o);
+            p.syscall_lat.retain(|k, _| k.owner != *o);
+        }
+        per_service.into_iter().map(|(s, (i, p, c))| (s, i, p, c)).collect()
     }
 
     fn poll(&mut self, n: u64) {
@@ -267,11 +381,15 @@ impl Poller {
             }
         }
         self.poll_sends(n, &mut deltas);
+        let host = self.poll_host(now);
         let procs = n.is_multiple_of(2).then(|| procs::scan(64));
         let kc: KernelCounters = self.programs.kernel_counters();
         if let Ok(mut store) = self.store.write() {
             for (service, identity, pid, peer, d) in &deltas {
                 store.record(now, service, *identity, *pid, *peer, *d);
+            }
+            for (service, identity, pids, d) in &host {
+                store.record_host(now, service, *identity, pids, d);
             }
             store.tick(now);
             let h = store.health_mut();
@@ -279,6 +397,10 @@ impl Poller {
             h.conn_stats_full = kc.conn_stats_full;
             h.sock_insert_failed = kc.sock_insert_failed;
             h.send_stats_full = kc.send_stats_full;
+            h.proc_stats_full = kc.proc_stats_full;
+            h.start_map_full = kc.start_map_full;
+            h.host_stats_full = kc.host_stats_full;
+            h.proc_ringbuf_drops = kc.proc_ringbuf_drops;
             if let Some(p) = procs {
                 store.set_processes(p);
             }
@@ -305,6 +427,82 @@ impl Poller {
         // One bpf(OBJ_GET_INFO) per program: cheap enough to keep current every poll.
         if let Ok(mut s) = self.program_stats.write() {
             *s = self.programs.program_stats();
+        }
+    }
+}
+
+/// Decodes a raw `exit_code` (`status << 8 | core flag | signal`).
+fn exit_detail(code: u32) -> EventDetail {
+    let signal = code & 0x7f;
+    EventDetail::Exit {
+        exit_status: (signal == 0).then_some((code >> 8) & 0xff),
+        signal: (signal != 0).then(|| signal_name(signal)),
+        core_dumped: code & 0x80 != 0,
+    }
+}
+
+/// `SIGKILL` for 9.
+fn signal_name(sig: u32) -> String {
+    const NAMES: [&str; 32] = [
+        "",
+        "SIGHUP",
+        "SIGINT",
+        "SIGQUIT",
+        "SIGILL",
+        "SIGTRAP",
+        "SIGABRT",
+        "SIGBUS",
+        "SIGFPE",
+        "SIGKILL",
+        "SIGUSR1",
+        "SIGSEGV",
+        "SIGUSR2",
+        "SIGPIPE",
+        "SIGALRM",
+        "SIGTERM",
+        "SIGSTKFLT",
+        "SIGCHLD",
+        "SIGCONT",
+        "SIGSTOP",
+        "SIGTSTP",
+        "SIGTTIN",
+        "SIGTTOU",
+        "SIGURG",
+        "SIGXCPU",
+        "SIGXFSZ",
+        "SIGVTALRM",
+        "SIGPROF",
+        "SIGWINCH",
+        "SIGIO",
+        "SIGPWR",
+        "SIGSYS",
+    ];
+    NAMES.get(sig as usize).filter(|n| !n.is_empty()).map_or_else(|| format!("SIG{sig}"), |n| n.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_decode() {
+        match exit_detail(1 << 8) {
+            EventDetail::Exit { exit_status, signal, core_dumped } => {
+                assert_eq!((exit_status, signal, core_dumped), (Some(1), None, false));
+            }
+            _ => panic!(),
+        }
+        match exit_detail(9) {
+            EventDetail::Exit { exit_status, signal, .. } => {
+                assert_eq!((exit_status, signal.as_deref()), (None, Some("SIGKILL")));
+            }
+            _ => panic!(),
+        }
+        match exit_detail(0x80 | 11) {
+            EventDetail::Exit { signal, core_dumped, .. } => {
+                assert_eq!((signal.as_deref(), core_dumped), (Some("SIGSEGV"), true));
+            }
+            _ => panic!(),
         }
     }
 }

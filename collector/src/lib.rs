@@ -19,8 +19,11 @@
 pub mod btf;
 pub mod collector;
 pub mod error;
+pub mod host;
+pub mod host_query;
 pub mod kernel;
 pub mod loader;
+pub mod names;
 pub mod preexisting;
 pub mod procs;
 pub mod query;

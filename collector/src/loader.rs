@@ -11,7 +11,8 @@ use aya::programs::{BtfTracePoint, TracePoint};
 use aya::{Ebpf, EbpfLoader};
 use bpfsight_common::programs::{self, Hook};
 use bpfsight_common::{
-    ConnKey, ConnStats, Counter, ListenKey, Owner, SendStats, SockState, TcpEvent, globals, maps,
+    ConnKey, ConnStats, Counter, IoKey, IoStats, LatHist, ListenKey, Owner, ProcEvent, ProcStats, SendStats,
+    SockState, SyscallKey, TcpEvent, globals, maps,
 };
 
 use crate::error::CollectorError;
@@ -23,11 +24,11 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!("../../bpf/bpfsight.bpf.o
 /// Which programs to attach.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ProgramSet {
-    /// The TCP programs (normal operation).
+    /// The TCP and whole-host programs (normal operation).
     #[default]
-    Tcp,
-    /// The TCP programs and the trivial baselines on the same hooks (benchmark: cost per event).
-    TcpWithBaseline,
+    All,
+    /// All programs and the trivial baselines on the same hooks (benchmark: cost per event).
+    AllWithBaseline,
     /// Only the trivial baselines (benchmark: the cost of the hooks themselves).
     BaselineOnly,
 }
@@ -43,6 +44,14 @@ pub struct KernelCounters {
     pub sock_insert_failed: u64,
     /// Sends not counted because the per-socket send map was full.
     pub send_stats_full: u64,
+    /// Scheduler/memory/process updates lost because the per-process map was full.
+    pub proc_stats_full: u64,
+    /// Wakeups, block requests or syscalls not timed because a start-time map was full.
+    pub start_map_full: u64,
+    /// IO, syscall or connect-latency updates lost because their map was full.
+    pub host_stats_full: u64,
+    /// OOM-kill and exit events lost because their ring buffer was full.
+    pub proc_ringbuf_drops: u64,
 }
 
 /// Cost of one attached program, from the kernel's BPF statistics.
@@ -71,6 +80,96 @@ pub struct Programs {
     listeners: BpfHashMap<MapData, ListenKey, Owner>,
     events: RingBuf<MapData>,
     counters: PerCpuArray<MapData, u64>,
+    host: HostMaps,
+}
+
+/// The maps of the whole-host programs.
+struct HostMaps {
+    proc_stats: PerCpuHashMap<MapData, Owner, ProcStats>,
+    io_stats: PerCpuHashMap<MapData, IoKey, IoStats>,
+    syscall_errors: PerCpuHashMap<MapData, SyscallKey, u64>,
+    syscall_lat: PerCpuHashMap<MapData, SyscallKey, LatHist>,
+    connect_lat: PerCpuHashMap<MapData, Owner, LatHist>,
+    events: RingBuf<MapData>,
+}
+
+/// Cumulative whole-host counters as of one read, summed over CPUs.
+#[derive(Default)]
+pub struct HostSnapshot {
+    /// Per process.
+    pub procs: HashMap<Owner, ProcStats>,
+    /// Per process and device.
+    pub io: HashMap<IoKey, IoStats>,
+    /// Failed syscalls per process, syscall and errno.
+    pub syscall_errors: HashMap<SyscallKey, u64>,
+    /// Latency of the timed syscalls per process and syscall.
+    pub syscall_lat: HashMap<SyscallKey, LatHist>,
+    /// TCP handshake time per process.
+    pub connect_lat: HashMap<Owner, LatHist>,
+}
+
+/// Field-wise sum of per-CPU values.
+trait SumCpus: Copy + Default {
+    fn add(&mut self, o: &Self);
+}
+
+impl SumCpus for u64 {
+    fn add(&mut self, o: &Self) {
+        *self = self.wrapping_add(*o);
+    }
+}
+
+impl SumCpus for LatHist {
+    fn add(&mut self, o: &Self) {
+        self.count = self.count.wrapping_add(o.count);
+        self.sum_ns = self.sum_ns.wrapping_add(o.sum_ns);
+        for (a, b) in self.buckets.iter_mut().zip(o.buckets.iter()) {
+            *a = a.wrapping_add(*b);
+        }
+    }
+}
+
+impl SumCpus for ProcStats {
+    fn add(&mut self, o: &Self) {
+        SumCpus::add(&mut self.runq, &o.runq);
+        self.oncpu_ns = self.oncpu_ns.wrapping_add(o.oncpu_ns);
+        self.vol_switches = self.vol_switches.wrapping_add(o.vol_switches);
+        self.invol_switches = self.invol_switches.wrapping_add(o.invol_switches);
+        self.page_allocs = self.page_allocs.wrapping_add(o.page_allocs);
+        self.execs = self.execs.wrapping_add(o.execs);
+        self.exits = self.exits.wrapping_add(o.exits);
+        self.failed_exits = self.failed_exits.wrapping_add(o.failed_exits);
+        self.killed = self.killed.wrapping_add(o.killed);
+    }
+}
+
+impl SumCpus for IoStats {
+    fn add(&mut self, o: &Self) {
+        SumCpus::add(&mut self.lat, &o.lat);
+        self.read_ops = self.read_ops.wrapping_add(o.read_ops);
+        self.write_ops = self.write_ops.wrapping_add(o.write_ops);
+        self.read_bytes = self.read_bytes.wrapping_add(o.read_bytes);
+        self.write_bytes = self.write_bytes.wrapping_add(o.write_bytes);
+        self.errors = self.errors.wrapping_add(o.errors);
+    }
+}
+
+/// Reads a per-CPU hash map, summing each key's values over CPUs.
+fn read_summed<K, V>(map: &PerCpuHashMap<MapData, K, V>) -> HashMap<K, V>
+where
+    K: aya::Pod + Eq + std::hash::Hash,
+    V: aya::Pod + SumCpus,
+{
+    let mut out = HashMap::new();
+    for item in map.iter() {
+        let Ok((k, per_cpu)) = item else { continue };
+        let mut sum = V::default();
+        for v in per_cpu.iter() {
+            sum.add(v);
+        }
+        out.insert(k, sum);
+    }
+    out
 }
 
 impl Programs {
@@ -83,8 +182,25 @@ impl Programs {
         let sk_protocol = kernel_btf.member_offset("sock", "sk_protocol").map_err(|e| {
             CollectorError::Unsupported { what: "struct sock layout".into(), hint: e.to_string() }
         })? as u32;
+        let task = |member: &str| {
+            kernel_btf.member_offset("task_struct", member).map(|o| o as u32).map_err(|e| {
+                CollectorError::Unsupported { what: "struct task_struct layout".into(), hint: e.to_string() }
+            })
+        };
+        let (task_pid, task_tgid) = (task("pid")?, task("tgid")?);
+        // The scheduler programs read pid and tgid with one 8-byte load.
+        if task_tgid != task_pid + 4 {
+            return Err(CollectorError::Unsupported {
+                what: "struct task_struct layout".into(),
+                hint: format!("tgid at {task_tgid} does not follow pid at {task_pid}"),
+            });
+        }
+        let (task_comm, task_exit_code) = (task("comm")?, task("exit_code")?);
         let mut ebpf = EbpfLoader::new()
             .override_global(globals::SK_PROTOCOL_OFFSET, &sk_protocol, true)
+            .override_global(globals::TASK_PID_OFFSET, &task_pid, true)
+            .override_global(globals::TASK_COMM_OFFSET, &task_comm, true)
+            .override_global(globals::TASK_EXIT_CODE_OFFSET, &task_exit_code, true)
             .load(OBJECT)
             .map_err(|e| CollectorError::load("object", e))?;
         let aya_btf = aya::Btf::from_sys_fs().map_err(|e| CollectorError::load("kernel BTF", e))?;
@@ -93,11 +209,16 @@ impl Programs {
             hint: "the embedded BPF object is stale; rebuild with `cargo xtask build-bpf`".into(),
         };
         let wanted: Vec<programs::Program> = match set {
-            ProgramSet::Tcp => programs::TCP.to_vec(),
-            ProgramSet::TcpWithBaseline => {
-                [programs::TCP, programs::BASELINE, &[programs::CLASSIC_SEND_FLOOR]].concat()
-            }
-            ProgramSet::BaselineOnly => programs::BASELINE.to_vec(),
+            ProgramSet::All => [programs::TCP, programs::HOST].concat(),
+            ProgramSet::AllWithBaseline => [
+                programs::TCP,
+                programs::HOST,
+                programs::BASELINE,
+                programs::HOST_BASELINE,
+                &[programs::CLASSIC_SEND_FLOOR],
+            ]
+            .concat(),
+            ProgramSet::BaselineOnly => [programs::BASELINE, programs::HOST_BASELINE].concat(),
         };
         for p in wanted {
             let name = p.name;
@@ -139,7 +260,63 @@ impl Programs {
             .map_err(|e| CollectorError::load("map EVENTS", e))?;
         let counters = PerCpuArray::try_from(take(&mut ebpf, maps::COUNTERS)?)
             .map_err(|e| CollectorError::load("map COUNTERS", e))?;
-        Ok(Programs { ebpf, conn_stats, send_stats, socks, listeners, events, counters })
+        let mut per_cpu = |name: &'static str| take(&mut ebpf, name).map(|m| (name, m));
+        let (proc_stats, io_stats, syscall_errors, syscall_lat, connect_lat, proc_events) = (
+            per_cpu(maps::PROC_STATS)?,
+            per_cpu(maps::IO_STATS)?,
+            per_cpu(maps::SYSCALL_ERRORS)?,
+            per_cpu(maps::SYSCALL_LAT)?,
+            per_cpu(maps::CONNECT_LAT)?,
+            per_cpu(maps::PROC_EVENTS)?,
+        );
+        let wrap = |name: &str, e| CollectorError::load(format!("map {name}"), e);
+        let host = HostMaps {
+            proc_stats: PerCpuHashMap::try_from(proc_stats.1).map_err(|e| wrap(proc_stats.0, e))?,
+            io_stats: PerCpuHashMap::try_from(io_stats.1).map_err(|e| wrap(io_stats.0, e))?,
+            syscall_errors: PerCpuHashMap::try_from(syscall_errors.1)
+                .map_err(|e| wrap(syscall_errors.0, e))?,
+            syscall_lat: PerCpuHashMap::try_from(syscall_lat.1).map_err(|e| wrap(syscall_lat.0, e))?,
+            connect_lat: PerCpuHashMap::try_from(connect_lat.1).map_err(|e| wrap(connect_lat.0, e))?,
+            events: RingBuf::try_from(proc_events.1).map_err(|e| wrap(proc_events.0, e))?,
+        };
+        Ok(Programs { ebpf, conn_stats, send_stats, socks, listeners, events, counters, host })
+    }
+
+    /// Cumulative whole-host counters, summed over CPUs.
+    pub fn read_host(&self) -> HostSnapshot {
+        HostSnapshot {
+            procs: read_summed(&self.host.proc_stats),
+            io: read_summed(&self.host.io_stats),
+            syscall_errors: read_summed(&self.host.syscall_errors),
+            syscall_lat: read_summed(&self.host.syscall_lat),
+            connect_lat: read_summed(&self.host.connect_lat),
+        }
+    }
+
+    /// Deletes the whole-host keys of a process that is gone (its totals were read).
+    pub fn forget_host(&mut self, owner: &Owner, snapshot: &HostSnapshot) {
+        let _ = self.host.proc_stats.remove(owner);
+        let _ = self.host.connect_lat.remove(owner);
+        for k in snapshot.io.keys().filter(|k| k.owner == *owner) {
+            let _ = self.host.io_stats.remove(k);
+        }
+        for k in snapshot.syscall_errors.keys().filter(|k| k.owner == *owner) {
+            let _ = self.host.syscall_errors.remove(k);
+        }
+        for k in snapshot.syscall_lat.keys().filter(|k| k.owner == *owner) {
+            let _ = self.host.syscall_lat.remove(k);
+        }
+    }
+
+    /// Drains the process-event ring buffer, calling `f` for each event.
+    pub fn drain_proc_events(&mut self, mut f: impl FnMut(ProcEvent)) {
+        while let Some(item) = self.host.events.next() {
+            if item.len() >= std::mem::size_of::<ProcEvent>() {
+                // SAFETY: the kernel wrote a ProcEvent; read_unaligned copes with any alignment.
+                let ev = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const ProcEvent) };
+                f(ev);
+            }
+        }
     }
 
     /// Cumulative counters per key, summed over CPUs.
@@ -211,6 +388,10 @@ impl Programs {
             conn_stats_full: get(Counter::ConnStatsFull),
             sock_insert_failed: get(Counter::SockInsertFailed),
             send_stats_full: get(Counter::SendStatsFull),
+            proc_stats_full: get(Counter::ProcStatsFull),
+            start_map_full: get(Counter::StartMapFull),
+            host_stats_full: get(Counter::HostStatsFull),
+            proc_ringbuf_drops: get(Counter::ProcRingbufDrops),
         }
     }
 

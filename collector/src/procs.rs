@@ -15,11 +15,23 @@ pub struct ProcessTable {
     /// Command line of the service's lowest pid, arguments joined by spaces, truncated. It can
     /// hold secrets: the MCP layer redacts every result before it leaves the process.
     pub cmdlines: HashMap<ServiceId, String>,
+    /// Resident memory per service, bytes, summed over all its processes.
+    pub rss: HashMap<ServiceId, u64>,
+}
+
+/// Resident set size of `pid`, bytes (`/proc/PID/statm`).
+pub fn rss_bytes(pid: Pid) -> Option<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
+    Some(pages * page)
 }
 
 /// Scans /proc: live processes by service name (pids sorted, at most `max_pids` each).
 pub fn scan(max_pids: usize) -> ProcessTable {
     let mut out: HashMap<ServiceId, Vec<Pid>> = HashMap::new();
+    let mut rss: HashMap<ServiceId, u64> = HashMap::new();
     let Ok(dir) = std::fs::read_dir("/proc") else { return ProcessTable::default() };
     for e in dir.flatten() {
         let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<Pid>().ok()) else { continue };
@@ -29,7 +41,9 @@ pub fn scan(max_pids: usize) -> ProcessTable {
         if is_kernel_thread(pid) {
             continue;
         }
-        let v = out.entry(ServiceId::new(comm)).or_default();
+        let id = ServiceId::new(comm);
+        *rss.entry(id.clone()).or_default() += rss_bytes(pid).unwrap_or(0);
+        let v = out.entry(id).or_default();
         if v.len() < max_pids {
             v.push(pid);
         }
@@ -41,7 +55,7 @@ pub fn scan(max_pids: usize) -> ProcessTable {
             cmdlines.insert(id.clone(), c);
         }
     }
-    ProcessTable { pids: out, cmdlines }
+    ProcessTable { pids: out, cmdlines, rss }
 }
 
 fn cmdline(pid: Pid) -> Option<String> {
@@ -59,9 +73,14 @@ fn cmdline(pid: Pid) -> Option<String> {
     Some(s)
 }
 
-fn is_kernel_thread(pid: Pid) -> bool {
-    // /proc/PID/exe of a kernel thread cannot be read (ENOENT); cmdline is empty.
-    std::fs::read(format!("/proc/{pid}/cmdline")).map(|c| c.is_empty()).unwrap_or(true)
+/// Whether `pid` is a kernel thread (`PF_KTHREAD` in `/proc/PID/stat`). Exited pids are not.
+pub fn is_kernel_thread(pid: Pid) -> bool {
+    const PF_KTHREAD: u64 = 0x0020_0000;
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    // Fields after the parenthesised comm (which may itself hold spaces and parentheses):
+    // state ppid pgrp session tty_nr tpgid flags.
+    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else { return false };
+    rest.split_whitespace().nth(6).and_then(|f| f.parse::<u64>().ok()).is_some_and(|f| f & PF_KTHREAD != 0)
 }
 
 /// Whether `pid` is alive.

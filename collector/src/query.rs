@@ -6,8 +6,10 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
+use crate::host::HostCounters;
+use crate::names;
 use crate::service::{IdentitySource, Pid, ServiceId};
-use crate::store::{Health, Store, TcpEventRecord};
+use crate::store::{Event, Health, Store};
 use crate::tcp::{Peer, TcpCounters};
 use crate::window::Window;
 
@@ -225,8 +227,81 @@ pub struct ServiceErrors {
     pub sends: u64,
     /// Peers with the most errors, at most 5.
     pub top_peers: Vec<PeerStats>,
-    /// Latest discrete events (failed connects, resets) of the service in the window.
-    pub recent_events: Vec<TcpEventRecord>,
+    /// Failed syscalls by syscall and errno, most frequent first (at most 5).
+    pub syscall_errors: Vec<SyscallErrors>,
+    /// All failed syscalls in the window, benign ones included.
+    pub syscall_errors_total: u64,
+    /// Failed syscalls per second, benign ones excluded.
+    pub syscall_errors_per_s: f64,
+    /// Processes of the service the OOM killer chose.
+    pub oom_kills: u64,
+    /// Processes that exited with a non-zero status or a crash signal (SIGSEGV, SIGABRT, ...).
+    pub failed_exits: u64,
+    /// Processes stopped by SIGKILL, SIGTERM, SIGINT or SIGHUP (listed, not an error by itself).
+    pub killed: u64,
+    /// Latest discrete events of the service in the window (failed connects, resets, OOM kills,
+    /// failed exits), newest first.
+    pub recent_events: Vec<Event>,
+}
+
+/// Failures of one syscall with one errno.
+#[derive(Clone, Debug, Serialize)]
+pub struct SyscallErrors {
+    /// Syscall name (`openat`).
+    pub syscall: String,
+    /// Errno symbol (`ENOENT`).
+    pub errno: String,
+    /// What the errno means.
+    pub description: &'static str,
+    /// Failures in the window.
+    pub count: u64,
+    /// Whether this means "not now" rather than a failure (EAGAIN, EINPROGRESS, EINTR, a futex
+    /// wait timing out, the end of a BPF map iteration).
+    pub benign: bool,
+}
+
+/// The top `n` syscall errors of `h`, and their total.
+pub(crate) fn top_syscall_errors(h: &HostCounters, n: usize) -> (Vec<SyscallErrors>, u64) {
+    let mut v = h.syscall_errors.clone();
+    v.sort_by(|a, b| b.2.cmp(&a.2).then((a.0, a.1).cmp(&(b.0, b.1))));
+    let total = v.iter().map(|e| e.2).sum::<u64>() + h.syscall_errors_other;
+    let rows = v
+        .into_iter()
+        .take(n)
+        .map(|(nr, errno, count)| SyscallErrors {
+            syscall: names::syscall_name(nr),
+            errno: names::errno_name(errno),
+            description: names::errno_description(errno),
+            count,
+            benign: names::is_benign(nr, errno),
+        })
+        .collect();
+    (rows, total)
+}
+
+/// Failed syscalls excluding the benign errnos.
+pub(crate) fn harmful_syscall_errors(h: &HostCounters) -> u64 {
+    h.syscall_errors.iter().filter(|e| !names::is_benign(e.0, e.1)).map(|e| e.2).sum::<u64>()
+        + h.syscall_errors_other
+}
+
+/// Arguments of [`Store::service_errors`].
+#[derive(Clone, Debug)]
+pub struct ErrorQuery {
+    /// Lowest TCP error rate listed, percent.
+    pub threshold_pct: f64,
+    /// Lowest rate of failed syscalls (benign errnos excluded) listed, per second.
+    pub min_syscall_errors_per_s: f64,
+    /// Look-back window.
+    pub window: Window,
+    /// Most services returned.
+    pub limit: usize,
+}
+
+impl Default for ErrorQuery {
+    fn default() -> Self {
+        ErrorQuery { threshold_pct: 1.0, min_syscall_errors_per_s: 5.0, window: Window::DEFAULT, limit: 20 }
+    }
 }
 
 /// Answer of [`Store::service_errors`].
@@ -234,8 +309,10 @@ pub struct ServiceErrors {
 pub struct ErrorReport {
     /// Window length, seconds.
     pub window_s: u64,
-    /// Threshold applied, percent.
+    /// TCP error-rate threshold applied, percent.
     pub threshold_pct: f64,
+    /// Failed-syscall rate threshold applied, per second.
+    pub min_syscall_errors_per_s: f64,
     /// How `error_rate_pct` is computed.
     pub definition: &'static str,
     /// Services above the threshold, worst first.
@@ -271,6 +348,12 @@ pub struct ServiceSummary {
     pub network_errors_5m: u64,
     /// Seconds since the last TCP activity, if any was seen.
     pub last_tcp_activity_s_ago: Option<u64>,
+    /// Seconds since any activity (CPU, IO, syscalls, TCP) was seen, if any was.
+    pub last_seen_s_ago: Option<u64>,
+    /// Time on CPU in the last minute as a share of one CPU, percent.
+    pub cpu_pct_1m: f64,
+    /// Resident memory now, bytes (live processes only).
+    pub rss_bytes: Option<u64>,
 }
 
 /// Answer of [`Store::list_services`].
@@ -293,6 +376,8 @@ pub struct ServiceListQuery {
     pub name_contains: Option<String>,
     /// Only services with TCP activity in the last 5 minutes.
     pub active_only: bool,
+    /// Only services with any activity (CPU, IO, syscalls, TCP) within this window.
+    pub active_within: Option<Window>,
     /// Most services returned (default 50).
     pub limit: Option<usize>,
 }
@@ -302,7 +387,7 @@ fn round3(x: f64) -> f64 {
 }
 
 impl Store {
-    fn known(&self, name: &str) -> Result<ServiceId, QueryError> {
+    pub(crate) fn known_service(&self, name: &str) -> Result<ServiceId, QueryError> {
         let id = ServiceId::new(name);
         if self.services.contains_key(&id) || self.processes.contains_key(&id) {
             return Ok(id);
@@ -335,7 +420,7 @@ impl Store {
         let limit = q.limit.unwrap_or(20);
         let mut rows: Vec<ServiceConnections> = Vec::new();
         if let Some(name) = &q.service {
-            let id = self.known(name)?;
+            let id = self.known_service(name)?;
             let row = match self.services.get(&id) {
                 Some(st) => {
                     let (c, peers) = st.window(self.now, secs);
@@ -370,13 +455,10 @@ impl Store {
         })
     }
 
-    /// Services whose network error rate is above `threshold_pct`, worst first.
-    pub fn service_errors(
-        &self,
-        threshold_pct: f64,
-        window: Window,
-        limit: usize,
-    ) -> Result<ErrorReport, QueryError> {
+    /// Services with errors, worst first: any OOM kill or failed exit, a TCP error rate of at
+    /// least `threshold_pct`, or failed syscalls at `min_syscall_errors_per_s` or more.
+    pub fn service_errors(&self, q: &ErrorQuery) -> Result<ErrorReport, QueryError> {
+        let threshold_pct = q.threshold_pct;
         if !threshold_pct.is_finite() || !(0.0..=100.0).contains(&threshold_pct) {
             return Err(QueryError::Invalid {
                 name: "threshold_pct",
@@ -385,21 +467,31 @@ impl Store {
                 ),
             });
         }
-        let secs = window.secs();
+        let min_sys = q.min_syscall_errors_per_s;
+        if !min_sys.is_finite() || min_sys < 0.0 {
+            return Err(QueryError::Invalid {
+                name: "min_syscall_errors_per_s",
+                message: format!("{min_sys} is out of range; use a rate >= 0 (default 5.0)"),
+            });
+        }
+        let secs = q.window.secs();
         let from_ms = self.now.saturating_sub(secs) * 1000;
         let mut rows = Vec::new();
         for (id, st) in &self.services {
             let (c, peers) = st.window(self.now, secs);
+            let h = st.host_window(self.now, secs);
             let errors = c.errors();
-            if errors == 0 {
-                continue;
-            }
             let attempts = c.attempts();
-            let rate = 100.0 * errors as f64 / attempts.max(1) as f64;
-            if rate < threshold_pct {
+            let rate = if errors == 0 { 0.0 } else { 100.0 * errors as f64 / attempts.max(1) as f64 };
+            let sys_rate = harmful_syscall_errors(&h) as f64 / secs as f64;
+            let tcp_hit = errors > 0 && rate >= threshold_pct;
+            let sys_hit = sys_rate > 0.0 && sys_rate >= min_sys;
+            let proc_hit = h.oom_kills > 0 || h.failed_exits > 0;
+            if !(tcp_hit || sys_hit || proc_hit) {
                 continue;
             }
             let (top, _) = top_peers(peers, TOP_PEERS);
+            let (syscall_errors, syscall_errors_total) = top_syscall_errors(&h, TOP_PEERS);
             let recent_events = self
                 .events
                 .iter()
@@ -421,20 +513,31 @@ impl Store {
                 accepted: c.opened_passive,
                 sends: c.sends,
                 top_peers: top,
+                syscall_errors,
+                syscall_errors_total,
+                syscall_errors_per_s: round3(sys_rate),
+                oom_kills: h.oom_kills,
+                failed_exits: h.failed_exits,
+                killed: h.killed,
                 recent_events,
             });
         }
+        // OOM kills first, then the TCP error rate, then failed syscalls.
         rows.sort_by(|a, b| {
-            b.error_rate_pct
-                .total_cmp(&a.error_rate_pct)
+            b.oom_kills
+                .cmp(&a.oom_kills)
+                .then(b.error_rate_pct.total_cmp(&a.error_rate_pct))
                 .then(b.errors.cmp(&a.errors))
+                .then(b.syscall_errors_per_s.total_cmp(&a.syscall_errors_per_s))
+                .then(b.failed_exits.cmp(&a.failed_exits))
                 .then(a.service.cmp(&b.service))
         });
         let total = rows.len();
-        rows.truncate(limit);
+        rows.truncate(q.limit);
         Ok(ErrorReport {
             window_s: secs,
             threshold_pct,
+            min_syscall_errors_per_s: min_sys,
             definition: ERROR_RATE_DEFINITION,
             truncated: total > rows.len(),
             services: rows,
@@ -458,6 +561,7 @@ impl Store {
                 let live = self.processes.get(id);
                 let st = self.services.get(id);
                 let (c, _) = st.map(|s| s.window(self.now, 300)).unwrap_or_default();
+                let oncpu_1m = st.map_or(0, |s| s.host_window(self.now, 60).oncpu_ns);
                 let mut pids: Vec<Pid> = match (live, st) {
                     (Some(p), _) => p.clone(),
                     (None, Some(s)) => s.pids.iter().copied().collect(),
@@ -477,8 +581,14 @@ impl Store {
                     last_tcp_activity_s_ago: st
                         .filter(|s| s.last_active > 0)
                         .map(|s| self.now.saturating_sub(s.last_active)),
+                    last_seen_s_ago: st
+                        .filter(|s| s.last_seen > 0)
+                        .map(|s| self.now.saturating_sub(s.last_seen)),
+                    cpu_pct_1m: round3(oncpu_1m as f64 / 60e9 * 100.0),
+                    rss_bytes: self.rss.get(id).copied(),
                 }
             })
+            .filter(|s| q.active_within.is_none_or(|w| s.last_seen_s_ago.is_some_and(|a| a < w.secs())))
             .filter(|s| {
                 !q.active_only
                     || s.opened_5m + s.network_errors_5m > 0
@@ -583,16 +693,15 @@ mod tests {
     #[test]
     fn error_rate_uses_the_documented_definition() {
         let s = store();
-        let r = s.service_errors(1.0, "5m".parse().unwrap(), 10).unwrap();
+        let q = |threshold_pct| ErrorQuery { threshold_pct, limit: 10, ..Default::default() };
+        let r = s.service_errors(&q(1.0)).unwrap();
         assert_eq!(r.total, 1);
         let e = &r.services[0];
         assert_eq!(e.errors, 20);
         assert_eq!(e.attempts, 100 + 1);
         assert!((e.error_rate_pct - 100.0 * 20.0 / 101.0).abs() < 1e-2);
-        assert!(
-            s.service_errors(-1.0, Window::DEFAULT, 10).unwrap_err().to_string().contains("from 0 to 100")
-        );
-        assert_eq!(s.service_errors(50.0, Window::DEFAULT, 10).unwrap().total, 0);
+        assert!(s.service_errors(&q(-1.0)).unwrap_err().to_string().contains("from 0 to 100"));
+        assert_eq!(s.service_errors(&q(50.0)).unwrap().total, 0);
     }
 
     #[test]

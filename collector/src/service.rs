@@ -44,7 +44,8 @@ impl fmt::Display for ServiceId {
 pub enum IdentitySource {
     /// The process name (`/proc/PID/comm`, or the kernel's `comm` for exited processes).
     ProcessName,
-    /// Traffic the kernel handled with no owning process (`[no-socket]`, `[unattributed]`).
+    /// Work the kernel did with no owning process: traffic with no socket owner
+    /// (`[no-socket]`, `[unattributed]`) and kernel threads (`[kernel]`).
     Kernel,
 }
 
@@ -57,6 +58,29 @@ pub fn comm_str(comm: &[u8]) -> String {
     String::from_utf8_lossy(&comm[..end]).into_owned()
 }
 
+/// Whether `comm` names a kernel thread (for threads that exited before we could look).
+fn is_kernel_thread_name(comm: &str) -> bool {
+    const PREFIXES: &[&str] = &[
+        "kworker/",
+        "ksoftirqd/",
+        "migration/",
+        "rcu_",
+        "cpuhp/",
+        "idle_inject/",
+        "irq/",
+        "jbd2/",
+        "kswapd",
+        "kcompactd",
+        "khugepaged",
+        "kthreadd",
+        "writeback",
+        "kblockd",
+        "watchdog/",
+        "oom_reaper",
+    ];
+    PREFIXES.iter().any(|p| comm.starts_with(p))
+}
+
 /// Resolves (pid, kernel comm) pairs to services, caching answers so a process that has since
 /// exited keeps the identity it had while alive.
 #[derive(Default)]
@@ -65,6 +89,9 @@ pub struct Resolver {
 }
 
 impl Resolver {
+    /// The service kernel threads are attributed to.
+    pub const KERNEL: &'static str = "[kernel]";
+
     /// Most entries the cache keeps before it starts over (it refills from live processes).
     const MAX_CACHE: usize = 65536;
 
@@ -79,6 +106,12 @@ impl Resolver {
         self.cache
             .entry((pid, *comm))
             .or_insert_with(|| {
+                // Kernel threads (kworker/1:2, jbd2/vda-8, ...) are one service, not dozens.
+                // Short-lived ones may be gone already: then their name gives them away.
+                let gone = !crate::procs::alive(pid);
+                if crate::procs::is_kernel_thread(pid) || (gone && is_kernel_thread_name(&comm_str(comm))) {
+                    return (ServiceId::new(Self::KERNEL), IdentitySource::Kernel);
+                }
                 // The kernel saw the thread's name; a service is named after its main thread.
                 let name = std::fs::read_to_string(format!("/proc/{pid}/comm"))
                     .ok()

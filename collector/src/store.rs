@@ -1,22 +1,34 @@
-//! Bounded, per-service history of TCP counters and a bounded log of discrete events.
+//! Bounded, per-service history of TCP and whole-host counters, and a bounded log of discrete
+//! events.
 //!
-//! Memory budget: each service keeps at most [`FINE_SLOTS`] one-second slots and
-//! [`COARSE_SLOTS`] one-minute slots, each with at most [`MAX_PEERS_PER_SLOT`] peers (extra
-//! peers are summed into [`Peer::OTHER`]); slots exist only for seconds with activity. At most
-//! [`MAX_SERVICES`] services are kept (the least recently active is evicted) and
-//! [`MAX_EVENTS`] events. Worst case is therefore fixed; typical use is a few MiB.
+//! Each service keeps three rings per signal family: one-second slots for 16 minutes,
+//! ten-second slots for 6 hours and one-minute slots for 7 days. Slots exist only for periods
+//! with activity. TCP slots keep at most [`MAX_PEERS_PER_SLOT`] peers (extra peers are summed
+//! into [`Peer::OTHER`]), host slots at most a few syscall-error pairs and devices (see
+//! [`crate::host`]). At most [`MAX_SERVICES`] services are kept (the least recently active is
+//! evicted) and [`MAX_EVENTS`] events.
+//!
+//! Memory budget, measured by `history_memory_budget` below for a service active every
+//! second with a typical run-queue histogram, a syscall-error pair and two TCP peers: about
+//! 0.5 KiB per slot, so such a service costs about 1 MiB for the first 15 minutes, 2.3 MiB at
+//! 6 hours and 8 MiB at the full 7 days (all three rings full). Services active only now and
+//! then cost a fraction of that: slots exist only for periods with activity.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
 use serde::Serialize;
 
+use crate::host::HostCounters;
 use crate::service::{IdentitySource, Pid, ServiceId};
 use crate::tcp::{Peer, TcpCounters};
+use crate::window::Window;
 
 /// One-second slots kept per service (16 minutes: the 15-minute window plus slack).
 pub const FINE_SLOTS: u64 = 16 * 60;
-/// One-minute slots kept per service (6 hours).
-pub const COARSE_SLOTS: u64 = 6 * 60;
+/// Ten-second slots kept per service (6 hours).
+pub const MID_SLOTS: u64 = 6 * 360;
+/// One-minute slots kept per service (7 days).
+pub const COARSE_SLOTS: u64 = 7 * 24 * 60;
 /// Peers kept per slot before the rest are summed into [`Peer::OTHER`].
 pub const MAX_PEERS_PER_SLOT: usize = 16;
 /// Services kept.
@@ -26,15 +38,14 @@ pub const MAX_EVENTS: usize = 10_000;
 /// Pids remembered per service.
 pub const MAX_PIDS_PER_SERVICE: usize = 64;
 
-/// Counters of one time slot.
+/// TCP counters of one time slot, in total and per peer.
 #[derive(Clone, Debug, Default)]
-struct Slot {
-    start: u64,
+pub(crate) struct TcpSlot {
     total: TcpCounters,
     peers: Vec<(Peer, TcpCounters)>,
 }
 
-impl Slot {
+impl TcpSlot {
     fn add(&mut self, peer: Peer, d: TcpCounters) {
         self.total += d;
         if let Some((_, c)) = self.peers.iter_mut().find(|(p, _)| *p == peer) {
@@ -51,63 +62,96 @@ impl Slot {
             self.peers.push((Peer::OTHER, other));
         }
     }
+
+    fn heap_bytes(&self) -> usize {
+        self.peers.capacity() * std::mem::size_of::<(Peer, TcpCounters)>()
+    }
 }
 
 /// A ring of fixed-resolution slots covering a fixed span, sparse in time.
 #[derive(Clone, Debug)]
-struct Ring {
+struct Ring<S> {
     resolution: u64,
     span: u64,
-    slots: VecDeque<Slot>,
+    slots: VecDeque<(u64, S)>,
 }
 
-impl Ring {
+impl<S: Default> Ring<S> {
     fn new(resolution: u64, slots: u64) -> Self {
         Ring { resolution, span: resolution * slots, slots: VecDeque::new() }
     }
 
-    fn add(&mut self, t: u64, peer: Peer, d: TcpCounters) {
+    /// The slot holding second `t`, created if needed; older slots past the span are dropped.
+    fn slot(&mut self, t: u64) -> &mut S {
         let start = t - t % self.resolution;
-        match self.slots.back_mut() {
-            Some(s) if s.start == start => s.add(peer, d),
-            // Late data for an older slot (clock stepped back): fold into the newest slot.
-            Some(s) if s.start > start => s.add(peer, d),
-            _ => {
-                let mut s = Slot { start, ..Default::default() };
-                s.add(peer, d);
-                self.slots.push_back(s);
-            }
+        // Late data for an older slot (clock stepped back) folds into the newest slot.
+        if self.slots.back().is_none_or(|(s, _)| *s < start) {
+            self.slots.push_back((start, S::default()));
         }
-        while self.slots.front().is_some_and(|s| s.start + self.span <= t) {
+        while self.slots.front().is_some_and(|(s, _)| s + self.span <= t) {
             self.slots.pop_front();
         }
+        &mut self.slots.back_mut().expect("pushed above").1
     }
 
-    /// Sums slots overlapping `(now - secs, now]`. A slot at second `t` holds what was polled
-    /// at `t`, i.e. activity in `(t - 1, t]`.
-    fn sum(&self, now: u64, secs: u64, per_peer: &mut HashMap<Peer, TcpCounters>) -> TcpCounters {
+    /// Slots overlapping `(now - secs, now]`, newest first. A slot at second `t` holds what
+    /// was polled at `t`, i.e. activity in `(t - 1, t]`.
+    fn window(&self, now: u64, secs: u64) -> impl Iterator<Item = &S> {
         let from = now.saturating_sub(secs);
-        let mut total = TcpCounters::default();
-        for s in self.slots.iter().rev() {
-            if s.start + self.resolution - 1 <= from {
-                break;
-            }
-            if s.start > now {
-                continue;
-            }
-            total += s.total;
-            for (p, c) in &s.peers {
-                *per_peer.entry(*p).or_default() += *c;
-            }
-        }
-        total
-    }
-
-    fn approx_bytes(&self) -> usize {
+        let res = self.resolution;
         self.slots
             .iter()
-            .map(|s| {
-                std::mem::size_of::<Slot>() + s.peers.capacity() * std::mem::size_of::<(Peer, TcpCounters)>()
+            .rev()
+            .take_while(move |(s, _)| s + res - 1 > from)
+            .filter(move |(s, _)| *s <= now)
+            .map(|(_, d)| d)
+    }
+}
+
+/// One signal family's history at the three resolutions.
+#[derive(Clone, Debug)]
+struct Series<S> {
+    fine: Ring<S>,
+    mid: Ring<S>,
+    coarse: Ring<S>,
+}
+
+impl<S: Default> Series<S> {
+    fn new() -> Self {
+        Series {
+            fine: Ring::new(1, FINE_SLOTS),
+            mid: Ring::new(10, MID_SLOTS),
+            coarse: Ring::new(60, COARSE_SLOTS),
+        }
+    }
+
+    /// Applies `f` to the slot of second `t` at every resolution.
+    fn update(&mut self, t: u64, mut f: impl FnMut(&mut S)) {
+        f(self.fine.slot(t));
+        f(self.mid.slot(t));
+        f(self.coarse.slot(t));
+    }
+
+    /// The slots covering the last `secs` seconds before `now`, at the window's resolution.
+    fn window(&self, now: u64, secs: u64) -> impl Iterator<Item = &S> {
+        let ring = match Window::from_secs(secs).map(Window::resolution_secs) {
+            Some(1) => &self.fine,
+            Some(10) => &self.mid,
+            _ => &self.coarse,
+        };
+        ring.window(now, secs)
+    }
+
+    fn slot_count(&self) -> usize {
+        self.fine.slots.len() + self.mid.slots.len() + self.coarse.slots.len()
+    }
+
+    fn heap_bytes(&self, per_slot: impl Fn(&S) -> usize) -> usize {
+        [&self.fine, &self.mid, &self.coarse]
+            .iter()
+            .map(|r| {
+                r.slots.capacity() * std::mem::size_of::<(u64, S)>()
+                    + r.slots.iter().map(|(_, s)| per_slot(s)).sum::<usize>()
             })
             .sum()
     }
@@ -118,12 +162,15 @@ impl Ring {
 pub(crate) struct ServiceState {
     pub(crate) identity: IdentitySource,
     pub(crate) pids: BTreeSet<Pid>,
-    fine: Ring,
-    coarse: Ring,
+    tcp: Series<TcpSlot>,
+    host: Series<HostCounters>,
     /// Since the collector started, to derive connections still established.
     pub(crate) opened_total: u64,
     pub(crate) closed_total: u64,
+    /// Last second with TCP activity (0 if none).
     pub(crate) last_active: u64,
+    /// Last second with any activity.
+    pub(crate) last_seen: u64,
 }
 
 impl ServiceState {
@@ -131,43 +178,140 @@ impl ServiceState {
         ServiceState {
             identity,
             pids: BTreeSet::new(),
-            fine: Ring::new(1, FINE_SLOTS),
-            coarse: Ring::new(60, COARSE_SLOTS),
+            tcp: Series::new(),
+            host: Series::new(),
             opened_total: 0,
             closed_total: 0,
             last_active: 0,
+            last_seen: 0,
         }
     }
 
-    /// Counters over the last `secs` seconds before `now`, in total and per peer.
+    /// TCP counters over the last `secs` seconds before `now`, in total and per peer.
     pub(crate) fn window(&self, now: u64, secs: u64) -> (TcpCounters, HashMap<Peer, TcpCounters>) {
         let mut peers = HashMap::new();
-        let ring = if secs <= crate::Window::FINE_MAX.secs() { &self.fine } else { &self.coarse };
-        let total = ring.sum(now, secs, &mut peers);
+        let mut total = TcpCounters::default();
+        for s in self.tcp.window(now, secs) {
+            total += s.total;
+            for (p, c) in &s.peers {
+                *peers.entry(*p).or_default() += *c;
+            }
+        }
         (total, peers)
+    }
+
+    /// Whole-host counters over the last `secs` seconds before `now`.
+    pub(crate) fn host_window(&self, now: u64, secs: u64) -> HostCounters {
+        let mut out = HostCounters::default();
+        for s in self.host.window(now, secs) {
+            out.merge(s);
+        }
+        out
     }
 
     /// Connections opened since start and not yet closed.
     pub(crate) fn active(&self) -> u64 {
         self.opened_total.saturating_sub(self.closed_total)
     }
+
+    fn heap_bytes(&self) -> usize {
+        self.tcp.heap_bytes(TcpSlot::heap_bytes) + self.host.heap_bytes(HostCounters::heap_bytes)
+    }
 }
 
-/// A discrete TCP event, as kept for queries.
+/// Kind of an [`Event`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A TCP connect that never reached ESTABLISHED.
+    FailedConnect,
+    /// A TCP RST received.
+    ResetReceived,
+    /// A TCP RST sent.
+    ResetSent,
+    /// The OOM killer chose one of the service's processes.
+    OomKill,
+    /// A process exited with a non-zero code or was killed by a signal.
+    FailedExit,
+}
+
+impl EventKind {
+    /// Every kind, in documentation order.
+    pub const ALL: [EventKind; 5] = [
+        EventKind::FailedConnect,
+        EventKind::ResetReceived,
+        EventKind::ResetSent,
+        EventKind::OomKill,
+        EventKind::FailedExit,
+    ];
+
+    /// The wire name (`failed_connect`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::FailedConnect => "failed_connect",
+            EventKind::ResetReceived => "reset_received",
+            EventKind::ResetSent => "reset_sent",
+            EventKind::OomKill => "oom_kill",
+            EventKind::FailedExit => "failed_exit",
+        }
+    }
+
+    /// Parses a wire name.
+    pub fn parse(s: &str) -> Option<EventKind> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// Whether this is a TCP event.
+    pub fn is_tcp(self) -> bool {
+        matches!(self, EventKind::FailedConnect | EventKind::ResetReceived | EventKind::ResetSent)
+    }
+}
+
+/// What an event carries beyond its kind.
 #[derive(Clone, Debug, Serialize)]
-pub struct TcpEventRecord {
+#[serde(untagged)]
+pub enum EventDetail {
+    /// TCP events: the endpoints.
+    Tcp {
+        /// Local endpoint.
+        local: String,
+        /// Remote endpoint.
+        peer: String,
+    },
+    /// Failed exits.
+    Exit {
+        /// Exit status (0-255) when the process exited by itself.
+        exit_status: Option<u32>,
+        /// Signal that killed it (`SIGKILL`), if any.
+        signal: Option<String>,
+        /// Whether it dumped core.
+        core_dumped: bool,
+    },
+    /// OOM kills: the victim's size when it was chosen.
+    Oom {
+        /// Total virtual memory, KiB.
+        total_vm_kib: u64,
+        /// Anonymous resident memory, KiB.
+        anon_rss_kib: u64,
+    },
+}
+
+/// A discrete event, as kept for queries.
+#[derive(Clone, Debug, Serialize)]
+pub struct Event {
+    /// Position in the event log, increasing; the cursor of `get_events`.
+    pub seq: u64,
     /// Wall-clock time, Unix milliseconds.
     pub time_ms: u64,
-    /// `failed_connect`, `reset_received` or `reset_sent`.
-    pub kind: &'static str,
+    /// What happened.
+    pub kind: EventKind,
     /// Service it is attributed to.
     pub service: ServiceId,
     /// Process id (0 when no process owned the socket).
     pub pid: Pid,
-    /// Local endpoint.
-    pub local: String,
-    /// Remote endpoint.
-    pub peer: String,
+    /// Kind-specific fields.
+    #[serde(flatten)]
+    pub detail: EventDetail,
 }
 
 /// How the collector itself is doing: drops and lags a user should know about.
@@ -187,6 +331,14 @@ pub struct Health {
     pub sock_insert_failed: u64,
     /// Sends not counted because the kernel's per-socket send map was full.
     pub send_stats_full: u64,
+    /// Scheduler/memory/process updates lost because the kernel's per-process map was full.
+    pub proc_stats_full: u64,
+    /// Wakeups, block requests or syscalls not timed because a start-time map was full.
+    pub start_map_full: u64,
+    /// IO, syscall or connect-latency updates lost because their kernel map was full.
+    pub host_stats_full: u64,
+    /// OOM-kill and exit events lost because their ring buffer was full.
+    pub proc_ringbuf_drops: u64,
     /// Events aged out of the bounded event log.
     pub events_evicted: u64,
     /// Services evicted because more than [`MAX_SERVICES`] were active.
@@ -197,11 +349,14 @@ pub struct Health {
 #[derive(Default)]
 pub struct Store {
     pub(crate) services: HashMap<ServiceId, ServiceState>,
-    pub(crate) events: VecDeque<TcpEventRecord>,
+    pub(crate) events: VecDeque<Event>,
+    next_seq: u64,
     /// Live processes by service name, refreshed by the collector.
     pub(crate) processes: HashMap<ServiceId, Vec<Pid>>,
     /// Command line per live service.
     pub(crate) cmdlines: HashMap<ServiceId, String>,
+    /// Resident memory per live service, bytes (sum over its processes).
+    pub(crate) rss: HashMap<ServiceId, u64>,
     /// The second the latest data belongs to; queries look back from here.
     pub(crate) now: u64,
     pub(crate) health: Health,
@@ -210,7 +365,7 @@ pub struct Store {
 impl Store {
     /// An empty store whose clock reads `now` (Unix seconds).
     pub fn new(now: u64) -> Self {
-        Store { now, ..Default::default() }
+        Store { now, next_seq: 1, ..Default::default() }
     }
 
     /// Advances the store's clock to `now` (Unix seconds).
@@ -219,7 +374,18 @@ impl Store {
         self.health.last_poll = now;
     }
 
-    /// Adds `delta` for `service` talking to `peer` at second `t`.
+    fn service_mut(&mut self, service: &ServiceId, identity: IdentitySource, pid: Pid) -> &mut ServiceState {
+        if !self.services.contains_key(service) && self.services.len() >= MAX_SERVICES {
+            self.evict_one();
+        }
+        let st = self.services.entry(service.clone()).or_insert_with(|| ServiceState::new(identity));
+        if pid != 0 && st.pids.len() < MAX_PIDS_PER_SERVICE {
+            st.pids.insert(pid);
+        }
+        st
+    }
+
+    /// Adds TCP `delta` for `service` talking to `peer` at second `t`.
     pub fn record(
         &mut self,
         t: u64,
@@ -232,35 +398,55 @@ impl Store {
         if delta.is_zero() {
             return;
         }
-        if !self.services.contains_key(service) && self.services.len() >= MAX_SERVICES {
-            self.evict_one();
-        }
-        let st = self.services.entry(service.clone()).or_insert_with(|| ServiceState::new(identity));
-        if pid != 0 && st.pids.len() < MAX_PIDS_PER_SERVICE {
-            st.pids.insert(pid);
-        }
-        st.fine.add(t, peer, delta);
-        st.coarse.add(t, peer, delta);
+        let st = self.service_mut(service, identity, pid);
+        st.tcp.update(t, |s| s.add(peer, delta));
         st.opened_total += delta.opened();
         st.closed_total += delta.closed;
         st.last_active = st.last_active.max(t);
+        st.last_seen = st.last_seen.max(t);
+        self.now = self.now.max(t);
+    }
+
+    /// Adds whole-host `delta` for `service` at second `t`.
+    pub fn record_host(
+        &mut self,
+        t: u64,
+        service: &ServiceId,
+        identity: IdentitySource,
+        pids: &[Pid],
+        delta: &HostCounters,
+    ) {
+        if delta.is_zero() {
+            return;
+        }
+        let st = self.service_mut(service, identity, pids.first().copied().unwrap_or(0));
+        for p in pids.iter().skip(1) {
+            if st.pids.len() >= MAX_PIDS_PER_SERVICE {
+                break;
+            }
+            st.pids.insert(*p);
+        }
+        st.host.update(t, |s| s.merge(delta));
+        st.last_seen = st.last_seen.max(t);
         self.now = self.now.max(t);
     }
 
     fn evict_one(&mut self) {
-        if let Some(victim) = self.services.iter().min_by_key(|(_, s)| s.last_active).map(|(k, _)| k.clone())
-        {
+        if let Some(victim) = self.services.iter().min_by_key(|(_, s)| s.last_seen).map(|(k, _)| k.clone()) {
             self.services.remove(&victim);
             self.health.services_evicted += 1;
         }
     }
 
-    /// Appends a discrete event, evicting the oldest past [`MAX_EVENTS`].
-    pub fn push_event(&mut self, e: TcpEventRecord) {
+    /// Appends a discrete event (its `seq` is assigned here), evicting the oldest past
+    /// [`MAX_EVENTS`].
+    pub fn push_event(&mut self, mut e: Event) {
         if self.events.len() >= MAX_EVENTS {
             self.events.pop_front();
             self.health.events_evicted += 1;
         }
+        e.seq = self.next_seq;
+        self.next_seq += 1;
         self.events.push_back(e);
     }
 
@@ -268,6 +454,7 @@ impl Store {
     pub fn set_processes(&mut self, procs: crate::procs::ProcessTable) {
         self.processes = procs.pids;
         self.cmdlines = procs.cmdlines;
+        self.rss = procs.rss;
     }
 
     /// Mutable access to health counters, for the collector.
@@ -283,8 +470,13 @@ impl Store {
     /// Approximate bytes held by series and events (for the memory budget check).
     pub fn approx_bytes(&self) -> usize {
         let series: usize =
-            self.services.values().map(|s| s.fine.approx_bytes() + s.coarse.approx_bytes()).sum();
-        series + self.events.len() * std::mem::size_of::<TcpEventRecord>()
+            self.services.values().map(|s| std::mem::size_of::<ServiceState>() + s.heap_bytes()).sum();
+        series + self.events.len() * std::mem::size_of::<Event>()
+    }
+
+    /// Slots held over all services and resolutions.
+    pub fn slot_count(&self) -> usize {
+        self.services.values().map(|s| s.tcp.slot_count() + s.host.slot_count()).sum()
     }
 }
 
@@ -324,11 +516,11 @@ mod tests {
             s.record(t, &svc, IdentitySource::ProcessName, 1, peer(80), rt(1));
         }
         let st = &s.services[&svc];
-        assert!(st.fine.slots.len() as u64 <= FINE_SLOTS);
-        assert!(st.coarse.slots.len() as u64 <= COARSE_SLOTS);
+        assert!(st.tcp.fine.slots.len() as u64 <= FINE_SLOTS);
+        assert!(st.tcp.mid.slots.len() as u64 <= MID_SLOTS);
         let now = 3 * 3600 - 1;
         assert_eq!(st.window(now, 900).0.retransmits, 900);
-        // One hour at minute resolution: 60 full minutes.
+        // One hour at ten-second resolution: 360 full slots.
         assert_eq!(st.window(now, 3600).0.retransmits, 3600);
     }
 
@@ -362,16 +554,62 @@ mod tests {
         assert_eq!(s.health.services_evicted, 10);
         assert!(!s.services.contains_key(&ServiceId::new("s0")));
         for i in 0..MAX_EVENTS + 5 {
-            s.push_event(TcpEventRecord {
+            s.push_event(Event {
+                seq: 0,
                 time_ms: i as u64,
-                kind: "failed_connect",
+                kind: EventKind::FailedConnect,
                 service: ServiceId::new("x"),
                 pid: 1,
-                local: String::new(),
-                peer: String::new(),
+                detail: EventDetail::Tcp { local: String::new(), peer: String::new() },
             });
         }
         assert_eq!(s.events.len(), MAX_EVENTS);
         assert_eq!(s.health.events_evicted, 5);
+        assert_eq!(s.events.back().unwrap().seq, (MAX_EVENTS + 5) as u64);
+    }
+
+    #[test]
+    fn week_long_windows_use_minute_slots() {
+        let mut s = Store::new(0);
+        let svc = ServiceId::new("a");
+        // One retransmit per minute for 8 days: the 7-day window sees 7 days of them.
+        for m in 0..8 * 24 * 60u64 {
+            s.record(m * 60, &svc, IdentitySource::ProcessName, 1, peer(80), rt(1));
+        }
+        let now = (8 * 24 * 60 - 1) * 60;
+        let st = &s.services[&svc];
+        assert_eq!(st.window(now, 7 * 24 * 3600).0.retransmits, 7 * 24 * 60);
+        assert!(st.tcp.coarse.slots.len() as u64 <= COARSE_SLOTS);
+    }
+
+    #[test]
+    fn history_memory_budget() {
+        use crate::host::HostCounters;
+        use bpfsight_common::LatHist;
+        // A service active every second for 15 minutes, with a typical run-queue histogram,
+        // a syscall error pair and TCP traffic with two peers.
+        let mut s = Store::new(0);
+        let svc = ServiceId::new("a");
+        let mut raw = LatHist::default();
+        for us in [3, 5, 9, 17, 40, 120] {
+            raw.add(us * 1000);
+        }
+        let mut h = HostCounters { oncpu_ns: 1_000_000, vol_switches: 50, ..Default::default() };
+        h.runq = crate::host::Histogram::delta(&raw, &LatHist::default());
+        h.add_syscall_error(2, 2, 3);
+        for t in 0..900 {
+            s.record_host(t, &svc, IdentitySource::ProcessName, &[1], &h);
+            s.record(t, &svc, IdentitySource::ProcessName, 1, peer(80), rt(1));
+            s.record(t, &svc, IdentitySource::ProcessName, 1, peer(81), rt(1));
+        }
+        let per_slot = s.approx_bytes() as f64 / s.slot_count() as f64;
+        let fifteen_min = s.approx_bytes();
+        eprintln!(
+            "15 min of a busy service: {} slots, {:.0} KiB, {per_slot:.0} B/slot",
+            s.slot_count(),
+            fifteen_min as f64 / 1024.0
+        );
+        // Documented in the module docs: about 1 KiB per second of a busy service (host + TCP).
+        assert!(fifteen_min < 1200 * 1024, "{fifteen_min}");
     }
 }

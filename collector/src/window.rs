@@ -3,8 +3,9 @@
 use std::fmt;
 use std::str::FromStr;
 
-/// A look-back window in whole seconds, up to the history the collector keeps (6 h).
-/// Windows up to 15 minutes are answered at 1 s resolution, longer ones at 1 min.
+/// A look-back window in whole seconds, up to the history the collector keeps (7 days).
+/// Windows up to 15 minutes are answered at 1 s resolution, up to 6 hours at 10 s, longer
+/// ones at 1 min.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Window {
     secs: u64,
@@ -13,7 +14,7 @@ pub struct Window {
 /// Why a window string was refused; the message says what is accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "invalid window {input:?}: {reason}; use a number followed by s, m or h (e.g. \"30s\", \"5m\", \"1h\"), between 1s and {max}"
+    "invalid window {input:?}: {reason}; use a number followed by s, m, h or d (e.g. \"30s\", \"5m\", \"1h\", \"2d\"), between 1s and {max}"
 )]
 pub struct WindowError {
     input: String,
@@ -26,8 +27,10 @@ impl Window {
     pub const DEFAULT: Window = Window { secs: 300 };
     /// The longest window answered at 1 s resolution.
     pub const FINE_MAX: Window = Window { secs: 15 * 60 };
+    /// The longest window answered at 10 s resolution.
+    pub const MID_MAX: Window = Window { secs: 6 * 3600 };
     /// The longest window answerable at all.
-    pub const MAX: Window = Window { secs: 6 * 3600 };
+    pub const MAX: Window = Window { secs: 7 * 24 * 3600 };
 
     /// A window of `secs` seconds, if within `1..=MAX`.
     pub fn from_secs(secs: u64) -> Option<Window> {
@@ -36,7 +39,13 @@ impl Window {
 
     /// Resolution the window is answered at, seconds.
     pub fn resolution_secs(self) -> u64 {
-        if self <= Self::FINE_MAX { 1 } else { 60 }
+        if self <= Self::FINE_MAX {
+            1
+        } else if self <= Self::MID_MAX {
+            10
+        } else {
+            60
+        }
     }
 
     /// Length in seconds.
@@ -67,6 +76,7 @@ impl FromStr for Window {
             "s" => 1,
             "m" => 60,
             "h" => 3600,
+            "d" => 86400,
             _ => return Err(err("unknown unit")),
         };
         let secs = n.checked_mul(mult).ok_or_else(|| err("number too large"))?;
@@ -80,6 +90,7 @@ impl FromStr for Window {
 impl fmt::Display for Window {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.secs {
+            s if s % 86400 == 0 => write!(f, "{}d", s / 86400),
             s if s % 3600 == 0 => write!(f, "{}h", s / 3600),
             s if s % 60 == 0 => write!(f, "{}m", s / 60),
             s => write!(f, "{s}s"),
@@ -102,12 +113,14 @@ mod tests {
 
     #[test]
     fn refuses_bad_input_with_what_is_accepted() {
-        for bad in ["5x", "", "m", "0s", "-5m", "7h", "99999999999999999999s", "5 m"] {
+        for bad in ["5x", "", "m", "0s", "-5m", "8d", "99999999999999999999s", "5 m"] {
             let e = bad.parse::<Window>().unwrap_err().to_string();
             assert!(e.contains("\"30s\""), "{bad}: {e}");
         }
-        assert!("7h".parse::<Window>().unwrap_err().to_string().contains("6h"));
-        assert_eq!("1h".parse::<Window>().unwrap().resolution_secs(), 60);
+        assert!("8d".parse::<Window>().unwrap_err().to_string().contains("7d"));
+        assert_eq!("1h".parse::<Window>().unwrap().resolution_secs(), 10);
+        assert_eq!("7h".parse::<Window>().unwrap().resolution_secs(), 60);
+        assert_eq!("7d".parse::<Window>().unwrap().secs(), 7 * 86400);
         assert_eq!("15m".parse::<Window>().unwrap().resolution_secs(), 1);
     }
 }

@@ -124,6 +124,21 @@ fn exercise_hooks(port: u16) -> bool {
         let _ = TcpStream::connect(("127.0.0.1", closed_port));
     }
     rpc_rate(port, 2, 1.0);
+    // Block IO and process life: fsyncs, failing opens, short-lived processes.
+    let path = std::env::temp_dir().join("bpfsight-bench-fsync");
+    if let Ok(mut f) = std::fs::File::create(&path) {
+        for _ in 0..200 {
+            let _ = f.write_all(&[7u8; 4096]);
+            let _ = f.sync_all();
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+    for i in 0..20_000 {
+        let _ = std::fs::File::open(format!("/nonexistent-bpfsight-bench/{i}"));
+    }
+    for _ in 0..100 {
+        let _ = Command::new("false").status();
+    }
     // Retransmits: drop 10 % of packets to the echo port for a moment.
     let table = "bpfsight_bench";
     let rules = format!(
@@ -152,7 +167,7 @@ fn program_costs() {
     let port = echo_server(stop.clone());
     let _stats = enable_bpf_stats().expect("enable BPF statistics");
     let collector =
-        Collector::start(CollectorConfig { programs: ProgramSet::TcpWithBaseline, ..Default::default() })
+        Collector::start(CollectorConfig { programs: ProgramSet::AllWithBaseline, ..Default::default() })
             .expect("start collector");
     let retrans = exercise_hooks(port);
     std::thread::sleep(Duration::from_millis(1500));
@@ -171,7 +186,9 @@ fn program_costs() {
             )
         })
     };
-    for p in bpfsight_collector::common::programs::TCP {
+    let all =
+        bpfsight_collector::common::programs::TCP.iter().chain(bpfsight_collector::common::programs::HOST);
+    for p in all {
         let (runs, ns) = mean(p.name).unwrap_or((0, f64::NAN));
         let (_, base) = mean(&format!("baseline_{}", p.name)).unwrap_or((0, f64::NAN));
         let kind = match p.hook {

@@ -33,6 +33,9 @@ pub struct ListServicesArgs {
     /// Only services with TCP activity in the last 5 minutes or connections open now. Default false.
     #[serde(default)]
     pub active_only: bool,
+    /// Only services with any recorded activity (CPU, IO, syscalls, TCP) within this window,
+    /// e.g. "1m". Default: no such filter.
+    pub active_within: Option<String>,
     /// Most services to return, 1-500. Default 50.
     pub limit: Option<i64>,
 }
@@ -43,7 +46,7 @@ pub struct ListServicesArgs {
 pub struct ConnectionStatsArgs {
     /// Only this service (a process name as shown by list_services). Default: every service with TCP activity.
     pub service: Option<String>,
-    /// How far back to look: a number and a unit s, m or h, e.g. "30s", "5m", "1h"; at most "6h". Default "5m".
+    /// How far back to look: a number and a unit s, m, h or d, e.g. "30s", "5m", "1h", "2d"; at most "7d". Default "5m".
     pub window: Option<String>,
     /// Most services to return, 1-500. Default 20.
     pub limit: Option<i64>,
@@ -53,12 +56,108 @@ pub struct ConnectionStatsArgs {
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceErrorsArgs {
-    /// Report services whose error rate is at least this percentage, 0-100. Default 1.0.
+    /// Report services whose TCP error rate is at least this percentage, 0-100. Default 1.0.
     pub threshold_pct: Option<f64>,
-    /// How far back to look: a number and a unit s, m or h, e.g. "30s", "5m", "1h"; at most "6h". Default "5m".
+    /// Report services with at least this many failed syscalls per second (benign ones not
+    /// counted: EAGAIN, EINPROGRESS, EINTR, futex timeouts). Default 5.0: a starting
+    /// interpreter fails ~100 path probes, which is not an error.
+    pub min_syscall_errors_per_s: Option<f64>,
+    /// How far back to look: a number and a unit s, m, h or d, e.g. "30s", "5m", "1h", "2d"; at most "7d". Default "5m".
     pub window: Option<String>,
     /// Most services to return, 1-500. Default 20.
     pub limit: Option<i64>,
+}
+
+/// Which latency `get_high_latency_services` compares.
+#[derive(Debug, Clone, Copy, Default, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LatencyKindArg {
+    /// Run-queue delay: runnable but waiting for a CPU (CPU contention).
+    #[default]
+    Runqueue,
+    /// Block IO request latency, issue to completion.
+    Io,
+    /// Latency of connect, accept, accept4, fsync, fdatasync, sync_file_range, per syscall.
+    Syscall,
+    /// TCP handshake time of successful connects.
+    Connect,
+}
+
+/// Arguments of `get_high_latency_services`.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HighLatencyArgs {
+    /// Report services whose latency at `percentile` is at least this many milliseconds.
+    pub threshold_ms: f64,
+    /// Which latency. Default runqueue.
+    pub kind: Option<LatencyKindArg>,
+    /// Percentile to compare, in (0, 100], e.g. 50, 95, 99, 99.9. Default 99.
+    pub percentile: Option<f64>,
+    /// How far back to look: a number and a unit s, m, h or d, e.g. "30s", "5m", "1h", "2d"; at most "7d". Default "5m".
+    pub window: Option<String>,
+    /// Most rows to return, 1-500. Default 20.
+    pub limit: Option<i64>,
+}
+
+/// Which resource `get_resource_usage` reports.
+#[derive(Debug, Clone, Copy, Default, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ResourceArg {
+    /// CPU time, run-queue delay, context switches.
+    Cpu,
+    /// Resident memory, page allocations, OOM kills.
+    Memory,
+    /// Block IO bytes, operations, latency per device; fsync latency.
+    Io,
+    /// TCP connections, errors, handshake latency.
+    Network,
+    /// Everything.
+    #[default]
+    All,
+}
+
+/// Arguments of `get_resource_usage`.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceUsageArgs {
+    /// The service (a name from list_services).
+    pub service: String,
+    /// Which resource. Default all.
+    pub resource: Option<ResourceArg>,
+    /// How far back to look: a number and a unit s, m, h or d, e.g. "30s", "5m", "1h", "2d"; at most "7d". Default "5m".
+    pub window: Option<String>,
+}
+
+/// Kind of a discrete event.
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKindArg {
+    /// A TCP connect that never reached ESTABLISHED.
+    FailedConnect,
+    /// A TCP RST received.
+    ResetReceived,
+    /// A TCP RST sent.
+    ResetSent,
+    /// The OOM killer chose a process.
+    OomKill,
+    /// A process exited with a non-zero status or was killed by a signal.
+    FailedExit,
+}
+
+/// Arguments of `get_events`.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EventsArgs {
+    /// Only events of this service.
+    pub service: Option<String>,
+    /// Only these kinds. Default all.
+    pub kind: Option<Vec<EventKindArg>>,
+    /// How far back to look: a number and a unit s, m, h or d, e.g. "30s", "5m", "1h", "2d"; at most "7d". Default "5m".
+    pub window: Option<String>,
+    /// Most events to return, 1-500. Default 50.
+    pub limit: Option<i64>,
+    /// `next_cursor` of the previous page, to continue with older events.
+    pub cursor: Option<u64>,
 }
 
 /// Turns a collector query error into MCP invalid-params, keeping its message.
@@ -103,7 +202,7 @@ pub struct SimilarIncidentsArgs {
     pub description: Option<String>,
     /// How many matches, 1-50. Default 5.
     pub top_k: Option<i64>,
-    /// Symptom window: a number and a unit s, m or h, e.g. "30s", "5m", "1h"; at most "6h". Default "5m".
+    /// Symptom window: a number and a unit s, m, h or d, e.g. "30s", "5m", "1h", "2d"; at most "7d". Default "5m".
     pub window: Option<String>,
     /// Only incidents carrying all of these tags (e.g. ["network"]).
     pub tags: Option<Vec<String>>,
@@ -120,7 +219,7 @@ pub struct RecordIncidentArgs {
     /// The affected service; its live symptoms over `window` become the incident's signature.
     /// Default: the whole host.
     pub service: Option<String>,
-    /// The window the incident covers, ending now: e.g. "5m", "1h"; at most "6h". Default "5m".
+    /// The window the incident covers, ending now: e.g. "5m", "1h"; at most "7d". Default "5m".
     pub window: Option<String>,
     /// What was observed.
     pub description: Option<String>,

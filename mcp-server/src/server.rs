@@ -4,7 +4,9 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use bpfsight_collector::Store;
-use bpfsight_collector::query::{ConnectionQuery, ERROR_RATE_DEFINITION, ServiceListQuery};
+use bpfsight_collector::host_query::{EventQuery, LatencyKind, LatencyQuery, Resource};
+use bpfsight_collector::query::{ConnectionQuery, ERROR_RATE_DEFINITION, ErrorQuery, ServiceListQuery};
+use bpfsight_collector::store::EventKind;
 use rmcp::handler::server::common::schema_for_type;
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::tool::ToolCallContext;
@@ -19,7 +21,8 @@ use serde::Serialize;
 use bpfsight_casebase::{CaseBase, Filter, NewIncident, Query, Source, TimeRange};
 
 use crate::args::{
-    self, Args, ConnectionStatsArgs, GetIncidentArgs, IncidentSource, ListServicesArgs, RecordIncidentArgs,
+    self, Args, ConnectionStatsArgs, EventKindArg, EventsArgs, GetIncidentArgs, HighLatencyArgs,
+    IncidentSource, LatencyKindArg, ListServicesArgs, RecordIncidentArgs, ResourceArg, ResourceUsageArgs,
     ServiceErrorsArgs, SimilarIncidentsArgs,
 };
 use crate::audit::{AuditLog, AuditRecord, now_rfc3339};
@@ -87,10 +90,13 @@ pub struct BpfsightServer {
 }
 
 const INSTRUCTIONS: &str = "bpfsight answers questions about this Linux host from eBPF data \
-collected in the kernel: which services (processes) have TCP retransmits, failed connects or \
-resets, and with which peers. Start with get_service_errors to find services in trouble, then \
-get_connection_stats for one service's detail; list_services shows the names to use. Windows \
-are like \"30s\", \"5m\" (default), \"1h\". Counts are exact kernel counts, not samples.";
+collected in the kernel, per service (process): TCP retransmits, failed connects and resets with \
+their peers; failed syscalls by errno; OOM kills and failed exits; run-queue (CPU contention), \
+block IO, fsync and TCP handshake latency; CPU time, memory and IO per service. Start with \
+get_service_errors (what is failing) or get_high_latency_services (what is slow), then \
+get_resource_usage or get_connection_stats for one service, and get_events for the discrete \
+events; list_services shows the names to use. Windows are like \"30s\", \"5m\" (default), \"1h\", \
+\"2d\" (up to 7 days). Counts are exact kernel counts, not samples.";
 
 fn result<T: Serialize>(value: &T, text: String) -> Result<CallToolResult, ErrorData> {
     let json = serde_json::to_value(value)
@@ -191,18 +197,22 @@ impl BpfsightServer {
 impl BpfsightServer {
     #[tool(
         description = "List the services (processes, by name) on this host: live pids, TCP connections open now, \
-connections opened and network errors (failed connects + resets + retransmits) in the last 5 minutes. \
-Services with network activity come first. Use the names it returns as `service` in other tools. \
-Returns {services: [{service, pids, process_count, running, active_connections, opened_5m, \
-network_errors_5m, last_tcp_activity_s_ago}], total, truncated, collector: {drops...}}.",
+connections opened and network errors (failed connects + resets + retransmits) in the last 5 minutes, CPU use \
+in the last minute, resident memory. Kernel threads are one service, [kernel]. Services with network activity \
+come first. Use the names it returns as `service` in other tools. Filters: name_contains, active_only (TCP), \
+active_within (any activity, e.g. \"1m\"). Returns {services: [{service, identity, pids, process_count, running, \
+active_connections, opened_5m, network_errors_5m, last_tcp_activity_s_ago, last_seen_s_ago, cpu_pct_1m, \
+rss_bytes}], total, truncated, collector: {drops...}}.",
         input_schema = schema_for_type::<ListServicesArgs>(),
         annotations(title = "List services", read_only_hint = true, destructive_hint = false, idempotent_hint = true, open_world_hint = false)
     )]
     async fn list_services(&self, Args(a): Args<ListServicesArgs>) -> Result<CallToolResult, ErrorData> {
         let limit = args::limit(a.limit, 50)?;
+        let active_within = a.active_within.as_deref().map(|w| args::window(Some(w))).transpose()?;
         let q = ServiceListQuery {
             name_contains: a.name_contains,
             active_only: a.active_only,
+            active_within,
             limit: Some(limit),
         };
         let list = self.read()?.list_services(&q);
@@ -230,9 +240,12 @@ opened (active = we connected, passive = we accepted), closed, still established
     }
 
     #[tool(
-        description = "Services whose network error rate over the window is at or above `threshold_pct` \
-(default 1.0), worst first, with the counts behind the rate, the worst peers and the latest failed-connect \
-and reset events. Definition: error_rate_pct = 100 * (failed_connects + resets_sent + resets_received + \
+        description = "Services with errors over the window, worst first: OOM kills, processes that exited \
+with a failure (non-zero status or a crash signal; SIGKILL/SIGTERM/SIGINT/SIGHUP are counted as `killed`, not \
+as failures), a TCP error rate at or above `threshold_pct` (default 1.0), or failed syscalls at or above \
+`min_syscall_errors_per_s` (default 5.0; benign ones such as EAGAIN, EINPROGRESS, EINTR, futex timeouts not counted). Each row has the counts \
+behind the rate, the worst peers, the top failed syscalls by errno (e.g. openat ENOENT), oom_kills, \
+failed_exits and the latest events. TCP error rate definition: error_rate_pct = 100 * (failed_connects + resets_sent + resets_received + \
 retransmits) / (connect attempts + accepted connections + sends), where connect attempts = connections \
 the service opened + its failed connects, and sends = sendmsg calls on its TCP sockets that sent data. \
 Pseudo-services in brackets are kernel traffic with no owning process, e.g. [no-socket] for resets \
@@ -246,10 +259,102 @@ answering connects to closed ports.",
     ) -> Result<CallToolResult, ErrorData> {
         let window = args::window(a.window.as_deref())?;
         let limit = args::limit(a.limit, 20)?;
-        let threshold = a.threshold_pct.unwrap_or(1.0);
-        let report = self.read()?.service_errors(threshold, window, limit).map_err(args::invalid)?;
+        let q = ErrorQuery {
+            threshold_pct: a.threshold_pct.unwrap_or(1.0),
+            min_syscall_errors_per_s: a.min_syscall_errors_per_s.unwrap_or(5.0),
+            window,
+            limit,
+        };
+        let report = self.read()?.service_errors(&q).map_err(args::invalid)?;
         debug_assert_eq!(report.definition, ERROR_RATE_DEFINITION);
         result(&report, summary::errors(&report))
+    }
+
+    #[tool(
+        description = "Which services are slow right now? Services whose latency at `percentile` (default 99) \
+over the window is at least `threshold_ms`, worst first. kind: runqueue (default; waiting for a CPU: CPU \
+contention), io (block requests, issue to completion, attributed to the issuing process), syscall (connect, \
+accept, accept4, fsync, fdatasync, sync_file_range; one row per service and syscall), connect (TCP handshake of \
+successful connects). Percentiles come from in-kernel log2 histograms, so they are within a factor of two; mean \
+is exact. Returns {kind, percentile, threshold_ms, services: [{service, syscall?, value_ms, p50_ms, p99_ms, \
+mean_ms, max_ms, samples}], total, truncated, method, source}.",
+        input_schema = schema_for_type::<HighLatencyArgs>(),
+        annotations(title = "Services with high latency", read_only_hint = true, destructive_hint = false, idempotent_hint = true, open_world_hint = false)
+    )]
+    async fn get_high_latency_services(
+        &self,
+        Args(a): Args<HighLatencyArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let q = LatencyQuery {
+            threshold_ms: a.threshold_ms,
+            kind: match a.kind.unwrap_or_default() {
+                LatencyKindArg::Runqueue => LatencyKind::Runqueue,
+                LatencyKindArg::Io => LatencyKind::Io,
+                LatencyKindArg::Syscall => LatencyKind::Syscall,
+                LatencyKindArg::Connect => LatencyKind::Connect,
+            },
+            percentile: a.percentile.unwrap_or(99.0),
+            window: args::window(a.window.as_deref())?,
+            limit: args::limit(a.limit, 20)?,
+        };
+        let report = self.read()?.high_latency(&q).map_err(args::invalid)?;
+        result(&report, summary::latency(&report))
+    }
+
+    #[tool(
+        description = "What one service used over the window. cpu: cpu_pct (share of one CPU), run-queue delay \
+p50/p99, voluntary and involuntary context switches per second. memory: rss_bytes now, page allocations per \
+second, OOM kills. io: read/write bytes per second, operations, errors, request latency p50/p99, per device, and \
+fsync/fdatasync latency. network: TCP connections, errors, peers and handshake latency, top failed syscalls. \
+Also process starts and exits. resource: cpu, memory, io, network or all (default).",
+        input_schema = schema_for_type::<ResourceUsageArgs>(),
+        annotations(title = "Resource usage of a service", read_only_hint = true, destructive_hint = false, idempotent_hint = true, open_world_hint = false)
+    )]
+    async fn get_resource_usage(
+        &self,
+        Args(a): Args<ResourceUsageArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let window = args::window(a.window.as_deref())?;
+        let resource = match a.resource.unwrap_or_default() {
+            ResourceArg::Cpu => Resource::Cpu,
+            ResourceArg::Memory => Resource::Memory,
+            ResourceArg::Io => Resource::Io,
+            ResourceArg::Network => Resource::Network,
+            ResourceArg::All => Resource::All,
+        };
+        let report = self.read()?.resource_usage(&a.service, resource, window).map_err(args::invalid)?;
+        result(&report, summary::resources(&report))
+    }
+
+    #[tool(
+        description = "Discrete events, newest first: failed_connect, reset_received, reset_sent (with local and \
+peer endpoints), oom_kill (victim's virtual and anonymous resident memory), failed_exit (exit_status, or the \
+signal that killed it, and core_dumped). Filter by service, kind (a list) and window; page with limit and the \
+returned next_cursor. Returns {events: [{seq, time_ms, kind, service, pid, ...}], total, next_cursor, evicted}.",
+        input_schema = schema_for_type::<EventsArgs>(),
+        annotations(title = "Events", read_only_hint = true, destructive_hint = false, idempotent_hint = true, open_world_hint = false)
+    )]
+    async fn get_events(&self, Args(a): Args<EventsArgs>) -> Result<CallToolResult, ErrorData> {
+        let q = EventQuery {
+            service: a.service,
+            kinds: a
+                .kind
+                .unwrap_or_default()
+                .into_iter()
+                .map(|k| match k {
+                    EventKindArg::FailedConnect => EventKind::FailedConnect,
+                    EventKindArg::ResetReceived => EventKind::ResetReceived,
+                    EventKindArg::ResetSent => EventKind::ResetSent,
+                    EventKindArg::OomKill => EventKind::OomKill,
+                    EventKindArg::FailedExit => EventKind::FailedExit,
+                })
+                .collect(),
+            window: args::window(a.window.as_deref())?,
+            limit: args::limit(a.limit, 50)?,
+            cursor: a.cursor,
+        };
+        let page = self.read()?.events(&q).map_err(args::invalid)?;
+        result(&page, summary::events(&page))
     }
 
     #[tool(

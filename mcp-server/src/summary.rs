@@ -1,5 +1,6 @@
 //! One-line text summaries that accompany every structured result, for clients that show text.
 
+use bpfsight_collector::host_query::{EventPage, LatencyReport, ResourceUsage};
 use bpfsight_collector::query::{ConnectionReport, ErrorReport, ServiceList};
 
 pub(crate) fn services(l: &ServiceList) -> String {
@@ -53,8 +54,8 @@ pub(crate) fn connections(r: &ConnectionReport) -> String {
 pub(crate) fn errors(r: &ErrorReport) -> String {
     if r.services.is_empty() {
         return format!(
-            "no service has a network error rate at or above {}% in the last {}s",
-            r.threshold_pct, r.window_s
+            "no service has OOM kills, failed exits, a TCP error rate at or above {}% or {} failed syscalls/s in the last {}s",
+            r.threshold_pct, r.min_syscall_errors_per_s, r.window_s
         );
     }
     let parts: Vec<String> = r
@@ -62,17 +63,92 @@ pub(crate) fn errors(r: &ErrorReport) -> String {
         .iter()
         .take(3)
         .map(|x| {
-            format!(
-                "{}: {}% ({} errors / {} attempts: {} failed connects, {} resets sent, {} received, {} retransmits)",
-                x.service, x.error_rate_pct, x.errors, x.attempts, x.failed_connects, x.resets_sent, x.resets_received, x.retransmits
-            )
+            let mut p = Vec::new();
+            if x.oom_kills > 0 {
+                p.push(format!("{} OOM kills", x.oom_kills));
+            }
+            if x.errors > 0 {
+                p.push(format!(
+                    "TCP {}% ({} errors / {} attempts: {} failed connects, {} resets sent, {} received, {} retransmits)",
+                    x.error_rate_pct, x.errors, x.attempts, x.failed_connects, x.resets_sent, x.resets_received, x.retransmits
+                ));
+            }
+            if let Some(e) = x.syscall_errors.first() {
+                p.push(format!("{} failed syscalls/s, most {} {}", x.syscall_errors_per_s, e.syscall, e.errno));
+            }
+            if x.failed_exits > 0 {
+                p.push(format!("{} failed exits", x.failed_exits));
+            }
+            format!("{}: {}", x.service, p.join(", "))
+        })
+        .collect();
+    format!("{} services with errors in the last {}s. {}", r.total, r.window_s, parts.join("; "))
+}
+
+pub(crate) fn latency(r: &LatencyReport) -> String {
+    let kind =
+        serde_json::to_value(r.kind).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+    if r.services.is_empty() {
+        return format!(
+            "no service has {kind} latency p{} at or above {} ms in the last {}s",
+            r.percentile, r.threshold_ms, r.window_s
+        );
+    }
+    let parts: Vec<String> = r
+        .services
+        .iter()
+        .take(3)
+        .map(|x| {
+            let what = x.syscall.as_ref().map_or(String::new(), |s| format!(" {s}"));
+            format!("{}{what}: p{} {} ms ({} samples)", x.service, r.percentile, x.value_ms, x.samples)
         })
         .collect();
     format!(
-        "{} services at or above {}% in the last {}s. {}",
+        "{} over {} ms {kind} latency in the last {}s. {}",
         r.total,
-        r.threshold_pct,
+        r.threshold_ms,
         r.window_s,
         parts.join("; ")
     )
+}
+
+pub(crate) fn resources(r: &ResourceUsage) -> String {
+    let mut p = Vec::new();
+    if let Some(c) = &r.cpu {
+        let mut s = format!("CPU {}%", c.cpu_pct);
+        if let Some(q) = &c.runqueue {
+            s += &format!(", run-queue p99 {} ms", q.p99_ms);
+        }
+        p.push(s);
+    }
+    if let Some(m) = &r.memory {
+        if let Some(rss) = m.rss_bytes {
+            p.push(format!("RSS {} MiB", rss / (1 << 20)));
+        }
+        if m.oom_kills > 0 {
+            p.push(format!("{} OOM kills", m.oom_kills));
+        }
+    }
+    if let Some(io) = &r.io {
+        let mut s = format!("IO {} B/s read, {} B/s written", io.read_bytes_per_s, io.write_bytes_per_s);
+        if let Some(l) = &io.latency {
+            s += &format!(", p99 {} ms", l.p99_ms);
+        }
+        p.push(s);
+    }
+    if let Some(n) = &r.network {
+        p.push(format!("TCP {} opened, {} retransmits", n.tcp.opened, n.tcp.retransmits));
+    }
+    format!("{} over the last {}s: {}", r.service, r.window_s, p.join("; "))
+}
+
+pub(crate) fn events(p: &EventPage) -> String {
+    let mut s = format!("{} events in the last {}s", p.total, p.window_s);
+    if let Some(e) = p.events.first() {
+        s += &format!("; newest: {} of {} (pid {})", e.kind.as_str(), e.service, e.pid);
+    }
+    if p.next_cursor.is_some() {
+        s += &format!("; showing {}, more with cursor", p.events.len());
+    }
+    s
 }

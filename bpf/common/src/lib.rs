@@ -30,6 +30,19 @@ pub mod maps {
     pub const COUNTERS: &str = "COUNTERS";
     /// `PERCPU_ARRAY<u64>`: one slot per trivial baseline program (benchmarks only).
     pub const BASELINE: &str = "BASELINE";
+    /// `PERCPU_HASH<Owner, ProcStats>`: scheduler, memory and process-life counters.
+    pub const PROC_STATS: &str = "PROC_STATS";
+    /// `PERCPU_HASH<IoKey, IoStats>`: block IO per process and device.
+    pub const IO_STATS: &str = "IO_STATS";
+    /// `PERCPU_HASH<SyscallKey, u64>`: failed syscalls per process, syscall and errno.
+    pub const SYSCALL_ERRORS: &str = "SYSCALL_ERRORS";
+    /// `PERCPU_HASH<SyscallKey, LatHist>`: latency of the [`SLOW_SYSCALLS`](super::SLOW_SYSCALLS)
+    /// (errno 0 in the key).
+    pub const SYSCALL_LAT: &str = "SYSCALL_LAT";
+    /// `PERCPU_HASH<Owner, LatHist>`: TCP handshake time of connects that succeeded.
+    pub const CONNECT_LAT: &str = "CONNECT_LAT";
+    /// `RINGBUF` of [`ProcEvent`](super::ProcEvent): OOM kills and failed exits.
+    pub const PROC_EVENTS: &str = "PROC_EVENTS";
 }
 
 /// Program names as they appear in the object file, and where each attaches.
@@ -61,7 +74,37 @@ pub mod programs {
         Program { name, hook: Hook::BtfTracepoint(event) }
     }
 
-    /// Every program the collector attaches.
+    /// Scheduler, block IO, syscall, memory and process-life programs.
+    pub const HOST: &[Program] = &[
+        btf("sched_wakeup", "sched_wakeup"),
+        btf("sched_wakeup_new", "sched_wakeup_new"),
+        btf("sched_switch", "sched_switch"),
+        tp("sched_process_exec", "sched", "sched_process_exec"),
+        tp("sched_process_exit", "sched", "sched_process_exit"),
+        tp("mark_victim", "oom", "mark_victim"),
+        tp("mm_page_alloc", "kmem", "mm_page_alloc"),
+        tp("block_rq_issue", "block", "block_rq_issue"),
+        tp("block_rq_complete", "block", "block_rq_complete"),
+        tp("sys_enter", "raw_syscalls", "sys_enter"),
+        tp("sys_exit", "raw_syscalls", "sys_exit"),
+    ];
+
+    /// Trivial counting programs on the [`HOST`] hooks (benchmark floor).
+    pub const HOST_BASELINE: &[Program] = &[
+        btf("baseline_sched_wakeup", "sched_wakeup"),
+        btf("baseline_sched_wakeup_new", "sched_wakeup_new"),
+        btf("baseline_sched_switch", "sched_switch"),
+        tp("baseline_sched_process_exec", "sched", "sched_process_exec"),
+        tp("baseline_sched_process_exit", "sched", "sched_process_exit"),
+        tp("baseline_mark_victim", "oom", "mark_victim"),
+        tp("baseline_mm_page_alloc", "kmem", "mm_page_alloc"),
+        tp("baseline_block_rq_issue", "block", "block_rq_issue"),
+        tp("baseline_block_rq_complete", "block", "block_rq_complete"),
+        tp("baseline_sys_enter", "raw_syscalls", "sys_enter"),
+        tp("baseline_sys_exit", "raw_syscalls", "sys_exit"),
+    ];
+
+    /// The TCP programs.
     pub const TCP: &[Program] = &[
         tp("inet_sock_set_state", "sock", "inet_sock_set_state"),
         tp("tcp_retransmit_skb", "tcp", "tcp_retransmit_skb"),
@@ -91,6 +134,232 @@ pub mod programs {
 pub mod globals {
     /// Byte offset of `sk_protocol` in `struct sock`.
     pub const SK_PROTOCOL_OFFSET: &str = "SK_PROTOCOL_OFFSET";
+    /// Byte offset of `pid` in `struct task_struct` (`tgid` follows it).
+    pub const TASK_PID_OFFSET: &str = "TASK_PID_OFFSET";
+    /// Byte offset of `comm` in `struct task_struct`.
+    pub const TASK_COMM_OFFSET: &str = "TASK_COMM_OFFSET";
+    /// Byte offset of `exit_code` in `struct task_struct`.
+    pub const TASK_EXIT_CODE_OFFSET: &str = "TASK_EXIT_CODE_OFFSET";
+}
+
+/// Buckets of a [`LatHist`]: bucket 0 holds latencies under 1 µs, bucket `i` those in
+/// `[2^(i-1), 2^i)` µs, the last everything from about 4 s up.
+pub const HIST_BUCKETS: usize = 24;
+
+/// A log2 latency histogram in microseconds, with the count and sum of the samples.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LatHist {
+    /// Samples.
+    pub count: u64,
+    /// Sum of the samples, nanoseconds.
+    pub sum_ns: u64,
+    /// Samples per bucket (see [`HIST_BUCKETS`]).
+    pub buckets: [u64; HIST_BUCKETS],
+}
+
+impl Default for LatHist {
+    fn default() -> Self {
+        LatHist { count: 0, sum_ns: 0, buckets: [0; HIST_BUCKETS] }
+    }
+}
+
+/// The bucket of a latency of `ns` nanoseconds: floor(log2(µs)) + 1, 0 below 1 µs. Unrolled
+/// binary search, because BPF has no count-leading-zeros instruction.
+#[inline(always)]
+pub fn hist_bucket(ns: u64) -> usize {
+    let mut v = ns / 1000;
+    if v == 0 {
+        return 0;
+    }
+    let mut r = 1;
+    if v >= 1 << 16 {
+        v >>= 16;
+        r += 16;
+    }
+    if v >= 1 << 8 {
+        v >>= 8;
+        r += 8;
+    }
+    if v >= 1 << 4 {
+        v >>= 4;
+        r += 4;
+    }
+    if v >= 1 << 2 {
+        v >>= 2;
+        r += 2;
+    }
+    if v >= 1 << 1 {
+        r += 1;
+    }
+    if r >= HIST_BUCKETS { HIST_BUCKETS - 1 } else { r }
+}
+
+impl LatHist {
+    /// Adds one sample of `ns` nanoseconds.
+    #[inline(always)]
+    pub fn add(&mut self, ns: u64) {
+        self.count += 1;
+        self.sum_ns += ns;
+        let b = hist_bucket(ns);
+        // The bound check is for the verifier; `hist_bucket` never exceeds it.
+        if b < HIST_BUCKETS {
+            self.buckets[b] += 1;
+        }
+    }
+}
+
+/// Per-process scheduler, memory and process-life counters, per CPU, cumulative; keyed by
+/// [`Owner`] (tgid and the thread's `comm`, so a recycled pid is a new key).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcStats {
+    /// Run-queue delay: wakeup (or preemption) to running.
+    pub runq: LatHist,
+    /// Time on CPU, nanoseconds.
+    pub oncpu_ns: u64,
+    /// Switches away because the task blocked (sleep, IO, lock).
+    pub vol_switches: u64,
+    /// Switches away while still runnable (preempted, time slice over).
+    pub invol_switches: u64,
+    /// Pages allocated in this process's context (`kmem:mm_page_alloc`, 2^order each).
+    pub page_allocs: u64,
+    /// `exec`s that produced this process image.
+    pub execs: u64,
+    /// Processes (thread groups) that exited.
+    pub exits: u64,
+    /// Of which failed: a non-zero exit status, or a crash signal (SIGSEGV, SIGABRT, ...).
+    pub failed_exits: u64,
+    /// Of which were stopped by SIGKILL, SIGTERM, SIGINT or SIGHUP (an operator, a supervisor,
+    /// the OOM killer): not failures of the process itself.
+    pub killed: u64,
+}
+
+/// Whether a raw `exit_code` is a termination by SIGKILL, SIGTERM, SIGINT or SIGHUP.
+#[inline(always)]
+pub fn exit_is_kill(code: u32) -> bool {
+    matches!(code & 0x7f, 1 | 2 | 9 | 15)
+}
+
+/// Block IO aggregation key: the process that issued the request and the device.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct IoKey {
+    /// Issuer.
+    pub owner: Owner,
+    /// `dev_t` as the block tracepoints print it (major << 20 | minor).
+    pub dev: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+}
+
+/// Block IO counters per [`IoKey`], per CPU, cumulative.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IoStats {
+    /// Issue-to-completion latency.
+    pub lat: LatHist,
+    /// Read requests completed.
+    pub read_ops: u64,
+    /// Write (and flush) requests completed.
+    pub write_ops: u64,
+    /// Bytes read.
+    pub read_bytes: u64,
+    /// Bytes written.
+    pub write_bytes: u64,
+    /// Requests completed with an error.
+    pub errors: u64,
+}
+
+/// A request in flight, keyed by [`IoReqKey`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct InflightIo {
+    /// Issuer.
+    pub owner: Owner,
+    /// `bpf_ktime_get_ns` at issue.
+    pub issued_ns: u64,
+    /// Request size.
+    pub bytes: u32,
+    /// 1 for writes and flushes.
+    pub write: u32,
+}
+
+/// Identifies a block request between issue and completion.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct IoReqKey {
+    /// Device.
+    pub dev: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+    /// First sector.
+    pub sector: u64,
+}
+
+/// Syscall aggregation key.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SyscallKey {
+    /// Caller.
+    pub owner: Owner,
+    /// Syscall number (architecture specific).
+    pub nr: u32,
+    /// Positive errno for error counts; 0 in latency keys.
+    pub errno: u32,
+}
+
+/// Syscalls whose latency is measured (x86_64 numbers): the calls where a service waits on
+/// the network or the disk. Everything else is only counted when it fails.
+pub const SLOW_SYSCALLS: &[(u32, &str)] = &[
+    (42, "connect"),
+    (43, "accept"),
+    (288, "accept4"),
+    (74, "fsync"),
+    (75, "fdatasync"),
+    (277, "sync_file_range"),
+];
+
+/// Highest errno counted; larger values are kernel-internal restart codes.
+pub const MAX_ERRNO: u32 = 133;
+
+/// Kind of a [`ProcEvent`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProcEventKind {
+    /// The OOM killer chose this process.
+    OomKill = 1,
+    /// A process exited with a non-zero status or was terminated by a signal.
+    FailedExit = 2,
+}
+
+impl ProcEventKind {
+    /// Decodes the wire value.
+    pub fn from_u32(v: u32) -> Option<Self> {
+        match v {
+            1 => Some(Self::OomKill),
+            2 => Some(Self::FailedExit),
+            _ => None,
+        }
+    }
+}
+
+/// A discrete process event, sent through the [`maps::PROC_EVENTS`] ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ProcEvent {
+    /// `bpf_ktime_get_ns`.
+    pub ts_ns: u64,
+    /// [`ProcEventKind`] as u32.
+    pub kind: u32,
+    /// Raw `exit_code` (`status << 8 | signal`) for exits; 0 for OOM kills.
+    pub exit_code: u32,
+    /// The process.
+    pub owner: Owner,
+    /// OOM kills: the victim's total virtual memory, KiB (as the tracepoint reports it).
+    pub total_vm: u64,
+    /// OOM kills: the victim's anonymous RSS, KiB.
+    pub anon_rss: u64,
 }
 
 /// The process that owns a socket (thread-group id and the task's `comm` when it was seen).
@@ -137,7 +406,8 @@ pub struct SockState {
     pub flags: u32,
     /// Remote address; IPv4 in the first 4 bytes.
     pub peer_addr: [u8; 16],
-    /// `bpf_ktime_get_ns` when the connection was established.
+    /// `bpf_ktime_get_ns` when the SYN was sent (active opens, until established), then when
+    /// the connection was established.
     pub opened_ns: u64,
 }
 
@@ -259,10 +529,18 @@ pub enum Counter {
     SockInsertFailed = 2,
     /// Sends not counted because `SEND_STATS` was full.
     SendStatsFull = 3,
+    /// Updates lost because `PROC_STATS` was full.
+    ProcStatsFull = 4,
+    /// Wakeups or requests not timed because a start-time map was full.
+    StartMapFull = 5,
+    /// Updates lost because `IO_STATS`, `SYSCALL_ERRORS`, `SYSCALL_LAT` or `CONNECT_LAT` was full.
+    HostStatsFull = 6,
+    /// Process events not written because their ring buffer was full.
+    ProcRingbufDrops = 7,
 }
 
 /// Number of [`Counter`] slots.
-pub const COUNTERS_LEN: u32 = 4;
+pub const COUNTERS_LEN: u32 = 8;
 
 #[cfg(feature = "user")]
 mod user {
@@ -274,6 +552,12 @@ mod user {
     unsafe impl aya::Pod for super::ConnStats {}
     unsafe impl aya::Pod for super::SendStats {}
     unsafe impl aya::Pod for super::TcpEvent {}
+    unsafe impl aya::Pod for super::LatHist {}
+    unsafe impl aya::Pod for super::ProcStats {}
+    unsafe impl aya::Pod for super::IoKey {}
+    unsafe impl aya::Pod for super::IoStats {}
+    unsafe impl aya::Pod for super::SyscallKey {}
+    unsafe impl aya::Pod for super::ProcEvent {}
 }
 
 /// Field offsets in the tracepoint records the programs read (from
@@ -324,6 +608,36 @@ pub mod layout {
         pub const DADDR: usize = 60;
     }
 
+    /// `raw_syscalls:sys_enter` / `sys_exit`.
+    pub mod raw_syscalls {
+        pub const ID: usize = 8;
+        pub const RET: usize = 16;
+    }
+    /// `oom:mark_victim`.
+    pub mod mark_victim {
+        pub const PID: usize = 8;
+        pub const COMM_LOC: usize = 12;
+        pub const TOTAL_VM: usize = 16;
+        pub const ANON_RSS: usize = 24;
+    }
+    /// `block:block_rq_issue` and `block:block_rq_complete` (same leading layout).
+    pub mod block_rq {
+        pub const DEV: usize = 8;
+        pub const SECTOR: usize = 16;
+        pub const ISSUE_BYTES: usize = 28;
+        pub const COMPLETE_ERROR: usize = 28;
+        pub const RWBS: usize = 34;
+    }
+    /// `kmem:mm_page_alloc`.
+    pub mod mm_page_alloc {
+        pub const ORDER: usize = 16;
+    }
+    /// `sched:sched_process_exit`.
+    pub mod sched_process_exit {
+        pub const PID: usize = 24;
+        pub const GROUP_DEAD: usize = 32;
+    }
+
     /// Every field the programs read, for the collector's check against the running kernel.
     pub const FIELDS: &[Field] = &[
         ("sock", "inet_sock_set_state", "skaddr", 8, 8),
@@ -355,5 +669,23 @@ pub mod layout {
         ("tcp", "tcp_send_reset", "skaddr", 16, 8),
         ("tcp", "tcp_send_reset", "saddr", 32, 28),
         ("tcp", "tcp_send_reset", "daddr", 60, 28),
+        ("raw_syscalls", "sys_enter", "id", 8, 8),
+        ("raw_syscalls", "sys_exit", "id", 8, 8),
+        ("raw_syscalls", "sys_exit", "ret", 16, 8),
+        ("oom", "mark_victim", "pid", 8, 4),
+        ("oom", "mark_victim", "comm", 12, 4),
+        ("oom", "mark_victim", "total_vm", 16, 8),
+        ("oom", "mark_victim", "anon_rss", 24, 8),
+        ("block", "block_rq_issue", "dev", 8, 4),
+        ("block", "block_rq_issue", "sector", 16, 8),
+        ("block", "block_rq_issue", "bytes", 28, 4),
+        ("block", "block_rq_issue", "rwbs", 34, 10),
+        ("block", "block_rq_complete", "dev", 8, 4),
+        ("block", "block_rq_complete", "sector", 16, 8),
+        ("block", "block_rq_complete", "error", 28, 4),
+        ("block", "block_rq_complete", "rwbs", 34, 10),
+        ("kmem", "mm_page_alloc", "order", 16, 4),
+        ("sched", "sched_process_exit", "pid", 24, 4),
+        ("sched", "sched_process_exit", "group_dead", 32, 1),
     ];
 }

@@ -1,12 +1,18 @@
 //! bpfsight's kernel side: tracepoint programs that aggregate TCP connection health per
-//! (process, peer) in per-CPU maps, and emit discrete events through a ring buffer.
+//! (process, peer), and scheduler, block IO, syscall, memory and process-life signals per
+//! process, in per-CPU maps, and emit discrete events through ring buffers.
 //!
 //! Built with `cargo xtask build-bpf`; the object is committed at `bpf/bpfsight.bpf.o`.
 #![no_std]
 #![no_main]
 
 mod baseline;
+mod block;
 mod maps;
+mod process;
+mod record;
+mod sched;
+mod syscalls;
 mod tcp;
 
 #[cfg(not(test))]

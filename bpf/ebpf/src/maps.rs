@@ -4,7 +4,10 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
-use bpfsight_common::{COUNTERS_LEN, ConnKey, ConnStats, Counter, ListenKey, Owner, SendStats, SockState};
+use bpfsight_common::{
+    COUNTERS_LEN, ConnKey, ConnStats, Counter, InflightIo, IoKey, IoReqKey, IoStats, LatHist, ListenKey,
+    Owner, ProcStats, SendStats, SockState, SyscallKey,
+};
 
 /// Sockets we track, deleted by `tcp_destroy_sock`. A plain hash rather than an LRU: LRU
 /// deletes cost more, and every tracked socket is destroyed through that hook.
@@ -28,7 +31,7 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS_LEN, 0);
 
 #[map(name = "BASELINE")]
-pub static BASELINE: PerCpuArray<u64> = PerCpuArray::with_max_entries(8, 0);
+pub static BASELINE: PerCpuArray<u64> = PerCpuArray::with_max_entries(24, 0);
 
 /// Adds one to a per-CPU counter.
 #[inline(always)]
@@ -54,4 +57,114 @@ pub fn bump(key: &ConnKey, f: impl FnOnce(&mut ConnStats)) {
         Some(p) => f(unsafe { &mut *p }),
         None => count(Counter::ConnStatsFull),
     }
+}
+
+/// Per-process scheduler, memory and process-life counters.
+#[map(name = "PROC_STATS")]
+pub static PROC_STATS: PerCpuHashMap<Owner, ProcStats> = PerCpuHashMap::with_max_entries(8192, 0);
+
+/// When each thread (by tid) became runnable: set at wakeup and preemption, taken at switch-in.
+#[map(name = "RUNQ_START")]
+pub static RUNQ_START: HashMap<u32, u64> = HashMap::with_max_entries(32768, 0);
+
+/// When the running task was switched in, per CPU (slot 0), for on-CPU time.
+#[map(name = "ONCPU_SINCE")]
+pub static ONCPU_SINCE: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Block requests between issue and completion.
+#[map(name = "IO_INFLIGHT")]
+pub static IO_INFLIGHT: HashMap<IoReqKey, InflightIo> = HashMap::with_max_entries(8192, 0);
+
+#[map(name = "IO_STATS")]
+pub static IO_STATS: PerCpuHashMap<IoKey, IoStats> = PerCpuHashMap::with_max_entries(2048, 0);
+
+/// Entry time of the slow syscalls in progress, by tid.
+#[map(name = "SYSCALL_START")]
+pub static SYSCALL_START: HashMap<u32, u64> = HashMap::with_max_entries(16384, 0);
+
+#[map(name = "SYSCALL_ERRORS")]
+pub static SYSCALL_ERRORS: PerCpuHashMap<SyscallKey, u64> = PerCpuHashMap::with_max_entries(8192, 0);
+
+#[map(name = "SYSCALL_LAT")]
+pub static SYSCALL_LAT: PerCpuHashMap<SyscallKey, LatHist> = PerCpuHashMap::with_max_entries(2048, 0);
+
+#[map(name = "CONNECT_LAT")]
+pub static CONNECT_LAT: PerCpuHashMap<Owner, LatHist> = PerCpuHashMap::with_max_entries(2048, 0);
+
+#[map(name = "PROC_EVENTS")]
+pub static PROC_EVENTS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
+
+/// Zero values in `.rodata`: inserting from a global keeps these large structs off the
+/// 512-byte BPF stack.
+#[unsafe(no_mangle)]
+static ZERO_PROC_STATS: ProcStats = ProcStats {
+    runq: LatHist { count: 0, sum_ns: 0, buckets: [0; bpfsight_common::HIST_BUCKETS] },
+    oncpu_ns: 0,
+    vol_switches: 0,
+    invol_switches: 0,
+    page_allocs: 0,
+    execs: 0,
+    exits: 0,
+    failed_exits: 0,
+    killed: 0,
+};
+#[unsafe(no_mangle)]
+static ZERO_IO_STATS: IoStats = IoStats {
+    lat: LatHist { count: 0, sum_ns: 0, buckets: [0; bpfsight_common::HIST_BUCKETS] },
+    read_ops: 0,
+    write_ops: 0,
+    read_bytes: 0,
+    write_bytes: 0,
+    errors: 0,
+};
+#[unsafe(no_mangle)]
+static ZERO_LAT_HIST: LatHist = LatHist { count: 0, sum_ns: 0, buckets: [0; bpfsight_common::HIST_BUCKETS] };
+#[unsafe(no_mangle)]
+static ZERO_U64: u64 = 0;
+
+/// Applies `f` to the per-CPU value of `key` in `map`, creating it from `zero` on first use;
+/// counts `full` when the map has no room.
+#[inline(always)]
+fn bump_in<K, V>(map: &PerCpuHashMap<K, V>, key: &K, zero: &V, full: Counter, f: impl FnOnce(&mut V)) {
+    let mut p = map.get_ptr_mut(key);
+    if p.is_none() {
+        // BPF_NOEXIST: another CPU may have created it meanwhile; either way look it up again.
+        let _ = map.insert(key, zero, 1);
+        p = map.get_ptr_mut(key);
+    }
+    match p {
+        // SAFETY: per-CPU value, only this CPU writes it.
+        Some(p) => f(unsafe { &mut *p }),
+        None => count(full),
+    }
+}
+
+/// Updates a process's [`ProcStats`].
+#[inline(always)]
+pub fn bump_proc(owner: &Owner, f: impl FnOnce(&mut ProcStats)) {
+    bump_in(&PROC_STATS, owner, &ZERO_PROC_STATS, Counter::ProcStatsFull, f);
+}
+
+/// Updates the block IO counters of a process on a device.
+#[inline(always)]
+pub fn bump_io(key: &IoKey, f: impl FnOnce(&mut IoStats)) {
+    bump_in(&IO_STATS, key, &ZERO_IO_STATS, Counter::HostStatsFull, f);
+}
+
+/// Counts one failed syscall.
+#[inline(always)]
+pub fn bump_syscall_error(key: &SyscallKey) {
+    bump_in(&SYSCALL_ERRORS, key, &ZERO_U64, Counter::HostStatsFull, |v| *v += 1);
+}
+
+/// Adds a slow syscall's latency.
+#[inline(always)]
+pub fn bump_syscall_lat(key: &SyscallKey, ns: u64) {
+    bump_in(&SYSCALL_LAT, key, &ZERO_LAT_HIST, Counter::HostStatsFull, |h| h.add(ns));
+}
+
+/// Adds a TCP handshake time.
+#[inline(always)]
+pub fn bump_connect_lat(owner: &Owner, ns: u64) {
+    bump_in(&CONNECT_LAT, owner, &ZERO_LAT_HIST, Counter::HostStatsFull, |h| h.add(ns));
 }

@@ -10,8 +10,7 @@
 //! per-CPU map with an 8-byte key.
 
 use aya_ebpf::{
-    EbpfContext,
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel},
+    helpers::bpf_probe_read_kernel,
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
@@ -20,7 +19,8 @@ use bpfsight_common::{
     layout, sock_flags,
 };
 
-use crate::maps::{EVENTS, LISTENERS, SEND_STATS, SOCKS, bump, count};
+use crate::maps::{EVENTS, LISTENERS, SEND_STATS, SOCKS, bump, bump_connect_lat, count};
+use crate::record::{at, current_owner, now_ns};
 
 const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
@@ -29,16 +29,6 @@ const TCP_CLOSE: i32 = 7;
 const TCP_LISTEN: i32 = 10;
 const IPPROTO_TCP: u16 = 6;
 const BPF_RB_NO_WAKEUP: u64 = 1;
-
-/// Loads a scalar record field. Offsets are constants checked against the running kernel's
-/// format files before attach. Volatile keeps each load a single `ctx + constant` access of
-/// the field's width, the only form the verifier accepts for context reads.
-#[inline(always)]
-fn at<T: Copy>(ctx: &TracePointContext, off: usize) -> T {
-    let p = unsafe { (ctx.as_ptr() as *const u8).add(off) } as *const T;
-    // SAFETY: inside the tracepoint record.
-    unsafe { p.read_volatile() }
-}
 
 /// An IPv4 address from the record, as the widest aligned loads the offset allows (array
 /// copies would become a moving pointer, which the verifier refuses on the context).
@@ -69,22 +59,6 @@ fn addr16(ctx: &TracePointContext, off: usize) -> [u8; 16] {
         }
     }
     out
-}
-
-/// The task running now, valid only in process context.
-#[inline(always)]
-fn current_owner() -> Owner {
-    Owner {
-        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
-        _pad: 0,
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
-    }
-}
-
-#[inline(always)]
-fn now_ns() -> u64 {
-    // SAFETY: helper without preconditions.
-    unsafe { bpf_ktime_get_ns() }
 }
 
 /// Reads the address for `family` from the v4 or the v6 field.
@@ -167,7 +141,8 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
                 peer_port: at(&ctx, f::DPORT),
                 flags: sock_flags::ACTIVE,
                 peer_addr: addr(&ctx, family, f::DADDR, f::DADDR_V6),
-                opened_ns: 0,
+                // The SYN's time until ESTABLISHED, for the handshake latency.
+                opened_ns: now_ns(),
             };
             if SOCKS.insert(&skaddr, &st, 0).is_err() {
                 count(Counter::SockInsertFailed);
@@ -185,7 +160,11 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
                 // SAFETY: map value pointer, valid for this program run.
                 let st = unsafe { &mut *st };
                 st.flags |= sock_flags::ESTABLISHED;
-                st.opened_ns = now_ns();
+                let now = now_ns();
+                if st.opened_ns != 0 {
+                    bump_connect_lat(&st.owner, now.saturating_sub(st.opened_ns));
+                }
+                st.opened_ns = now;
                 bump(&key_for(&st.owner, st.family, st.peer_port, st.peer_addr), |s| s.opened_active += 1);
             }
         }

@@ -4,13 +4,14 @@
 #![no_main]
 
 use bpfsight::args::{
-    ConnectionStatsArgs, GetIncidentArgs, ListServicesArgs, RecordIncidentArgs, ServiceErrorsArgs,
-    SimilarIncidentsArgs, limit, top_k, window,
+    ConnectionStatsArgs, EventsArgs, GetIncidentArgs, HighLatencyArgs, ListServicesArgs, RecordIncidentArgs,
+    ResourceUsageArgs, ServiceErrorsArgs, SimilarIncidentsArgs, limit, top_k, window,
 };
 use bpfsight_casebase::{HashedEmbedder, NewIncident, Signature};
 use bpfsight::auth::Tokens;
 use bpfsight::redact::{Redactor, Treatment};
-use bpfsight_collector::query::{ConnectionQuery, ServiceListQuery};
+use bpfsight_collector::host_query::{EventQuery, LatencyKind, LatencyQuery, Resource};
+use bpfsight_collector::query::{ConnectionQuery, ErrorQuery, ServiceListQuery};
 use bpfsight_collector::{Store, Window};
 use libfuzzer_sys::fuzz_target;
 use rmcp::model::ClientJsonRpcMessage;
@@ -30,7 +31,33 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(a) = serde_json::from_slice::<ServiceErrorsArgs>(data)
         && let (Ok(w), Ok(l)) = (window(a.window.as_deref()), limit(a.limit, 20))
     {
-        let _ = store.service_errors(a.threshold_pct.unwrap_or(1.0), w, l);
+        let _ = store.service_errors(&ErrorQuery {
+            threshold_pct: a.threshold_pct.unwrap_or(1.0),
+            min_syscall_errors_per_s: a.min_syscall_errors_per_s.unwrap_or(5.0),
+            window: w,
+            limit: l,
+        });
+    }
+    if let Ok(a) = serde_json::from_slice::<HighLatencyArgs>(data)
+        && let (Ok(w), Ok(l)) = (window(a.window.as_deref()), limit(a.limit, 20))
+    {
+        let _ = store.high_latency(&LatencyQuery {
+            threshold_ms: a.threshold_ms,
+            kind: LatencyKind::Runqueue,
+            percentile: a.percentile.unwrap_or(99.0),
+            window: w,
+            limit: l,
+        });
+    }
+    if let Ok(a) = serde_json::from_slice::<ResourceUsageArgs>(data)
+        && let Ok(w) = window(a.window.as_deref())
+    {
+        let _ = store.resource_usage(&a.service, Resource::All, w);
+    }
+    if let Ok(a) = serde_json::from_slice::<EventsArgs>(data)
+        && let (Ok(w), Ok(l)) = (window(a.window.as_deref()), limit(a.limit, 50))
+    {
+        let _ = store.events(&EventQuery { service: a.service, kinds: Vec::new(), window: w, limit: l, cursor: a.cursor });
     }
     if let Ok(a) = serde_json::from_slice::<ListServicesArgs>(data)
         && let Ok(l) = limit(a.limit, 50)
@@ -38,6 +65,7 @@ fuzz_target!(|data: &[u8]| {
         let _ = store.list_services(&ServiceListQuery {
             name_contains: a.name_contains,
             active_only: a.active_only,
+            active_within: a.active_within.as_deref().and_then(|w| window(Some(w)).ok()),
             limit: Some(l),
         });
     }

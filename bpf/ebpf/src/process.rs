@@ -1,0 +1,97 @@
+//! Process life and memory: execs, exits with their exit codes, OOM kills, page allocations.
+
+use aya_ebpf::{
+    EbpfContext,
+    helpers::{bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use bpfsight_common::{Counter, Owner, ProcEvent, ProcEventKind, exit_is_kill, layout};
+
+use crate::maps::{PROC_EVENTS, bump_proc, count};
+use crate::record::{at, current_owner, now_ns};
+
+/// Byte offset of `exit_code` in `struct task_struct`, set by the loader.
+#[unsafe(no_mangle)]
+static TASK_EXIT_CODE_OFFSET: u32 = 0;
+
+const BPF_RB_NO_WAKEUP: u64 = 1;
+
+#[inline(always)]
+fn emit(kind: ProcEventKind, owner: Owner, exit_code: u32, total_vm: u64, anon_rss: u64) {
+    match PROC_EVENTS.reserve::<ProcEvent>(0) {
+        Some(mut slot) => {
+            slot.write(ProcEvent {
+                ts_ns: now_ns(),
+                kind: kind as u32,
+                exit_code,
+                owner,
+                total_vm,
+                anon_rss,
+            });
+            slot.submit(BPF_RB_NO_WAKEUP);
+        }
+        None => count(Counter::ProcRingbufDrops),
+    }
+}
+
+#[tracepoint]
+pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
+    // After the exec: `current` carries the new image's name.
+    bump_proc(&current_owner(), |s| s.execs += 1);
+    0
+}
+
+#[tracepoint]
+pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
+    use layout::sched_process_exit as f;
+    // Threads exit one by one; the process is gone when the last one does.
+    if at::<u8>(&ctx, f::GROUP_DEAD) == 0 {
+        return 0;
+    }
+    // SAFETY: .rodata constant set by the loader; probe read of the exiting (current) task.
+    let off = unsafe { core::ptr::read_volatile(&TASK_EXIT_CODE_OFFSET) } as u64;
+    let task = unsafe { bpf_get_current_task() };
+    let code = unsafe { bpf_probe_read_kernel((task + off) as *const u32) }.unwrap_or(0);
+    let owner = current_owner();
+    bump_proc(&owner, |s| {
+        s.exits += 1;
+        if exit_is_kill(code) {
+            s.killed += 1;
+        } else if code != 0 {
+            s.failed_exits += 1;
+        }
+    });
+    if code != 0 {
+        emit(ProcEventKind::FailedExit, owner, code, 0, 0);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn mark_victim(ctx: TracePointContext) -> u32 {
+    use layout::mark_victim as f;
+    let pid: i32 = at(&ctx, f::PID);
+    // `comm` is a __data_loc string: (length << 16 | offset from the record start).
+    let loc: u32 = at(&ctx, f::COMM_LOC);
+    let mut comm = [0u8; 16];
+    // SAFETY: reads at most 16 bytes of the record's string, NUL terminated.
+    let src = unsafe { (ctx.as_ptr() as *const u8).add((loc & 0xffff) as usize) };
+    let _ = unsafe { bpf_probe_read_kernel_str_bytes(src, &mut comm) };
+    let owner = Owner { tgid: pid as u32, _pad: 0, comm };
+    emit(ProcEventKind::OomKill, owner, 0, at(&ctx, f::TOTAL_VM), at(&ctx, f::ANON_RSS));
+    0
+}
+
+#[tracepoint]
+pub fn mm_page_alloc(ctx: TracePointContext) -> u32 {
+    let owner = current_owner();
+    // Allocations on an idle CPU (interrupts) belong to no process.
+    if owner.tgid == 0 {
+        return 0;
+    }
+    let order: u32 = at(&ctx, layout::mm_page_alloc::ORDER);
+    let pages = 1u64 << (order & 15);
+    bump_proc(&owner, |s| s.page_allocs += pages);
+    0
+}
