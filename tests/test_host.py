@@ -11,7 +11,7 @@ import anyio
 import pytest
 from mcp.shared.exceptions import MCPError
 
-from conftest import WORKLOAD, Workload, call, run_with_server, settle
+from conftest import WORKLOAD, Workload, bpfsight_bin, call, run_with_server, settle
 
 
 def row(report, name, key="services"):
@@ -52,7 +52,7 @@ def test_cpu_hogs_raise_the_victims_run_queue_delay():
     async def body(s):
         calm = Workload("sleeper", "rq-calm", 0, seconds=4)
         await anyio.to_thread.run_sync(calm.wait)
-        hogs = [Workload("spin", "rq-hog", 0, seconds=8) for _ in range(2 * os.cpu_count())]
+        hogs = [Workload("spin", "rq-hog", 0, seconds=8) for _ in range(4 * os.cpu_count())]
         victim = Workload("sleeper", "rq-victim", 0, seconds=6)
         await anyio.to_thread.run_sync(victim.wait)
         for h in hogs:
@@ -65,10 +65,12 @@ def test_cpu_hogs_raise_the_victims_run_queue_delay():
         assert v and c, everyone
         # The victim woke up ~1000 times a second and waited behind the hogs each time.
         assert v["samples"] >= 1000, v
-        assert v["p99_ms"] >= 1.0 and v["p99_ms"] >= 4 * c["p99_ms"], (v, c)
-        slow = await call(s, "get_high_latency_services", {**q, "threshold_ms": 1.0})
+        print("run-queue p99: victim", v["p99_ms"], "ms, calm", c["p99_ms"], "ms")
+        # Seen here: victim ~3.4 ms behind 4 hogs per CPU, calm ~0.04 ms.
+        assert v["p99_ms"] >= 0.25 and v["p99_ms"] >= 4 * c["p99_ms"], (v, c)
+        slow = await call(s, "get_high_latency_services", {**q, "threshold_ms": 0.25})
         assert row(slow, "rq-victim") and not row(slow, "rq-calm"), slow
-        assert all(r["value_ms"] >= 1.0 for r in slow["services"])
+        assert all(r["value_ms"] >= 0.25 for r in slow["services"])
 
         cpu = (await call(s, "get_resource_usage", {"service": "rq-hog", "resource": "cpu", "window": "30s"}))["cpu"]
         # The hogs had every CPU between them for ~8 s of the 30 s window.
@@ -204,3 +206,105 @@ def test_list_services_filters_and_bad_arguments_are_invalid_params():
             assert e.value.error.code == -32602 and hint in e.value.error.message, (tool, args, e.value.error.message)
 
     run_with_server(body)
+
+
+def cgroup2_root():
+    for line in open("/proc/mounts"):
+        dev, mnt, fstype = line.split()[:3]
+        if fstype == "cgroup2":
+            return Path(mnt)
+    pytest.fail("no cgroup2 hierarchy mounted")
+
+
+@contextlib.contextmanager
+def cgroup_at(relpath):
+    """A cgroup at `relpath` of the unified hierarchy (what /proc/PID/cgroup's `0::` line shows)."""
+    d = cgroup2_root() / relpath
+    d.mkdir(parents=True, exist_ok=True)
+    try:
+        yield d / "cgroup.procs"
+    finally:
+        import time
+
+        for _ in range(50):
+            try:
+                d.rmdir()
+                break
+            except OSError:
+                time.sleep(0.1)
+
+
+def test_services_are_named_by_systemd_unit_and_container_from_the_cgroup_path():
+    cid = uuid.uuid4().hex + uuid.uuid4().hex  # 64 hex characters, like a container id
+
+    async def body(s):
+        with cgroup_at("bpfsight-test.slice/bpfsight-idtest.service") as unit, cgroup_at(
+            f"bpfsight-test.slice/docker-{cid}.scope"
+        ) as ctr:
+            procs = []
+            for name, where in (("unit-worker", unit), ("ctr-worker", ctr)):
+                cmd = [sys.executable, str(WORKLOAD), "spin", "--name", name, "--seconds", "5"]
+                procs.append(subprocess.Popen(cmd, preexec_fn=lambda w=where: w.write_text(str(os.getpid()))))
+            # A second process in the same unit with another name is the same service.
+            cmd = [sys.executable, str(WORKLOAD), "enoent", "--name", "unit-helper", "--count", "100"]
+            procs.append(subprocess.Popen(cmd, preexec_fn=lambda: unit.write_text(str(os.getpid()))))
+            await anyio.sleep(3.5)  # the process table is refreshed every 2 s
+            live = await call(s, "list_services", {"name_contains": "bpfsight-idtest"})
+            for p in procs:
+                await anyio.to_thread.run_sync(p.wait)
+        await settle()
+
+        u = row(live, "bpfsight-idtest.service")
+        assert u and u["identity"] == "systemd_unit" and u["process_count"] >= 1 and u["exe"], live
+        use = await call(s, "get_resource_usage", {"service": "bpfsight-idtest.service", "window": "1m"})
+        assert use["cpu"]["cpu_pct"] > 1 and use["processes"]["exits"] >= 2, use
+        everyone = await call(s, "list_services", {"limit": 500, "active_within": "1m"})
+        names = {x["service"]: x for x in everyone["services"]}
+        assert "unit-worker" not in names and "unit-helper" not in names, sorted(names)
+        c = names.get(f"container:{cid[:12]}")
+        assert c and c["identity"] == "container", sorted(names)
+        assert "ctr-worker" not in names
+
+    run_with_server(body)
+
+
+def test_a_recording_replays_to_the_same_tool_answers(tmp_path):
+    rec = tmp_path / "incident.jsonl"
+    queries = [
+        ("get_service_errors", {"window": "5m", "limit": 500}, "rec-enoent"),
+        ("get_connection_stats", {"service": "rec-refuse", "window": "5m"}, "rec-refuse"),
+        ("get_resource_usage", {"service": "rec-fsync", "window": "5m"}, None),
+        ("get_high_latency_services", {"kind": "syscall", "threshold_ms": 0, "window": "5m", "limit": 500}, "rec-fsync"),
+        ("get_events", {"service": "rec-refuse", "window": "5m"}, None),
+    ]
+
+    async def ask(s):
+        out = []
+        for tool, args, service in queries:
+            res = await call(s, tool, args)
+            assert res["source"] in ("ebpf", "replay"), res
+            res.pop("source")
+            out.append(row(res, service) if service else res)
+        return out
+
+    async def live(s):
+        for w in (
+            Workload("enoent", "rec-enoent", 0, count=2000),
+            Workload("refused", "rec-refuse", 47198, count=5),
+            Workload("fsync", "rec-fsync", 0, seconds=1, size=8192),
+        ):
+            await anyio.to_thread.run_sync(w.wait)
+        await settle()
+        return await ask(s)
+
+    recorded = run_with_server(live, args=("serve", "--record", str(rec)))
+    assert all(recorded), recorded
+    assert recorded[1]["failed_connects"] == 5 and recorded[4]["total"] >= 5, recorded
+    replayed = run_with_server(ask, args=("serve", "--source", f"replay:{rec}"))
+    assert replayed == recorded
+
+    # A recording that is not one is refused with the reason.
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"hello": 1}\n')
+    out = subprocess.run([bpfsight_bin(), "call", "list_services", "--source", f"replay:{bad}"], capture_output=True, text=True)
+    assert out.returncode != 0 and "not a bpfsight recording" in out.stderr, out.stderr

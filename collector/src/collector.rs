@@ -10,6 +10,7 @@ use bpfsight_common::{ConnKey, Owner, ProcEvent, ProcEventKind, SockState, TcpEv
 
 use crate::error::CollectorError;
 use crate::host::{Histogram, HostCounters};
+use crate::journal::JournalWriter;
 use crate::loader::{HostSnapshot, KernelCounters, ProgramSet, ProgramStats, Programs};
 use crate::service::{IdentitySource, Pid, Resolver, ServiceId};
 use crate::store::{Event, EventDetail, EventKind, Store};
@@ -23,11 +24,13 @@ pub struct CollectorConfig {
     pub poll_interval: Duration,
     /// Which programs to attach (benchmarks add or substitute trivial baselines).
     pub programs: ProgramSet,
+    /// Also write every change to the store to this recording (see [`crate::journal`]).
+    pub record: Option<std::path::PathBuf>,
 }
 
 impl Default for CollectorConfig {
     fn default() -> Self {
-        CollectorConfig { poll_interval: Duration::from_secs(1), programs: ProgramSet::All }
+        CollectorConfig { poll_interval: Duration::from_secs(1), programs: ProgramSet::All, record: None }
     }
 }
 
@@ -69,7 +72,15 @@ impl Collector {
         let mut store = Store::new(now);
         store.health_mut().source = "ebpf";
         store.health_mut().started_at = now;
-        store.set_processes(procs::scan(64));
+        let mut journal = match &config.record {
+            Some(path) => Some(JournalWriter::create(path, "ebpf", now)?),
+            None => None,
+        };
+        let table = procs::scan(64);
+        if let Some(j) = journal.as_mut() {
+            j.procs(&table);
+        }
+        store.set_processes(table.clone());
         let store = Arc::new(RwLock::new(store));
         let stop = Arc::new(AtomicBool::new(false));
         let program_stats = Arc::new(RwLock::new(Vec::new()));
@@ -84,6 +95,8 @@ impl Collector {
             sock_owner: HashMap::new(),
             prev_host: HostSnapshot::default(),
             host_last_change: HashMap::new(),
+            journal,
+            last_table: table,
             mono_to_unix_ns: unix_now().as_nanos() as i128 - monotonic_ns() as i128,
             interval: config.poll_interval,
         };
@@ -114,7 +127,7 @@ impl Collector {
 }
 
 /// Shared view of the programs' run-time statistics.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct ProgramStatsHandle(Arc<RwLock<Vec<ProgramStats>>>);
 
 impl ProgramStatsHandle {
@@ -154,6 +167,10 @@ struct Poller {
     prev_host: HostSnapshot,
     /// Poll second at which each process's host counters last changed.
     host_last_change: HashMap<Owner, u64>,
+    /// Where changes are recorded, if anywhere.
+    journal: Option<JournalWriter>,
+    /// The process table last recorded.
+    last_table: procs::ProcessTable,
     mono_to_unix_ns: i128,
     interval: Duration,
 }
@@ -274,12 +291,18 @@ impl Poller {
         }
         records.sort_by_key(|e| e.time_ms);
         if let Ok(mut store) = self.store.write() {
-            for r in records {
-                store.push_event(r);
+            for mut r in records {
+                r.seq = store.push_event(r.clone());
+                if let Some(j) = self.journal.as_mut() {
+                    j.event(&r);
+                }
             }
             for (service, identity, pid, t) in oom {
                 let d = HostCounters { oom_kills: 1, ..Default::default() };
                 store.record_host(t, &service, identity, &[pid], &d);
+                if let Some(j) = self.journal.as_mut() {
+                    j.host(t, &service, identity, &[pid], &d);
+                }
             }
         }
     }
@@ -391,6 +414,14 @@ impl Poller {
             for (service, identity, pids, d) in &host {
                 store.record_host(now, service, *identity, pids, d);
             }
+            if let Some(j) = self.journal.as_mut() {
+                for (service, identity, pid, peer, d) in &deltas {
+                    j.tcp(now, service, *identity, *pid, *peer, *d);
+                }
+                for (service, identity, pids, d) in &host {
+                    j.host(now, service, *identity, pids, d);
+                }
+            }
             store.tick(now);
             let h = store.health_mut();
             h.ringbuf_drops = kc.ringbuf_drops;
@@ -402,7 +433,16 @@ impl Poller {
             h.host_stats_full = kc.host_stats_full;
             h.proc_ringbuf_drops = kc.proc_ringbuf_drops;
             if let Some(p) = procs {
+                if let Some(j) = self.journal.as_mut()
+                    && p != self.last_table
+                {
+                    j.procs(&p);
+                    self.last_table = p.clone();
+                }
                 store.set_processes(p);
+            }
+            if let Some(j) = self.journal.as_mut() {
+                j.tick(now, store.health());
             }
         }
         // Forget keys of exited processes that have been quiet, so the kernel map stays small.

@@ -5,6 +5,9 @@ use std::path::PathBuf;
 /// Why the collector could not start or keep running.
 #[derive(Debug, thiserror::Error)]
 pub enum CollectorError {
+    /// The recording could not be created.
+    #[error("recording: {0}")]
+    Journal(#[from] crate::journal::JournalError),
     /// The process lacks a capability the kernel requires.
     #[error(
         "permission denied: loading eBPF programs needs {missing}. Run bpfsight as root, or grant \

@@ -2,7 +2,7 @@
 //! life, as per-second deltas of the kernel's cumulative per-CPU counters.
 
 use bpfsight_common::{HIST_BUCKETS, IoStats, LatHist, ProcStats};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Most distinct (syscall, errno) pairs kept per time slot; the rest are summed into
 /// [`HostCounters::syscall_errors_other`].
@@ -12,7 +12,7 @@ pub const MAX_DEVICES_PER_SLOT: usize = 4;
 
 /// A log2 latency histogram: sparse (only non-empty buckets), mergeable, with percentiles.
 /// Bucket `i > 0` holds latencies in `[2^(i-1), 2^i)` µs, bucket 0 those under 1 µs.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Histogram {
     /// Samples.
     pub count: u64,
@@ -106,7 +106,7 @@ impl Histogram {
 }
 
 /// Block IO of one service on one device.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IoTotals {
     /// Read requests.
     pub read_ops: u64,
@@ -131,7 +131,7 @@ impl IoTotals {
 }
 
 /// Everything but TCP that happened to one service in one time slot.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostCounters {
     /// Run-queue delay.
     pub runq: Histogram,

@@ -21,6 +21,7 @@ pub mod collector;
 pub mod error;
 pub mod host;
 pub mod host_query;
+pub mod journal;
 pub mod kernel;
 pub mod loader;
 pub mod names;

@@ -8,7 +8,7 @@ use crate::service::{Pid, ServiceId};
 pub const MAX_CMDLINE: usize = 512;
 
 /// Live processes grouped by service.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ProcessTable {
     /// Pids by service (sorted, capped).
     pub pids: HashMap<ServiceId, Vec<Pid>>,
@@ -17,6 +17,8 @@ pub struct ProcessTable {
     pub cmdlines: HashMap<ServiceId, String>,
     /// Resident memory per service, bytes, summed over all its processes.
     pub rss: HashMap<ServiceId, u64>,
+    /// Executable of the service's lowest pid.
+    pub exes: HashMap<ServiceId, String>,
 }
 
 /// Resident set size of `pid`, bytes (`/proc/PID/statm`).
@@ -41,7 +43,10 @@ pub fn scan(max_pids: usize) -> ProcessTable {
         if is_kernel_thread(pid) {
             continue;
         }
-        let id = ServiceId::new(comm);
+        let id = match crate::service::cgroup_identity(pid) {
+            Some((name, _)) => ServiceId::new(&name),
+            None => ServiceId::new(comm),
+        };
         *rss.entry(id.clone()).or_default() += rss_bytes(pid).unwrap_or(0);
         let v = out.entry(id).or_default();
         if v.len() < max_pids {
@@ -49,13 +54,17 @@ pub fn scan(max_pids: usize) -> ProcessTable {
         }
     }
     let mut cmdlines = HashMap::new();
+    let mut exes = HashMap::new();
     for (id, v) in out.iter_mut() {
         v.sort_unstable();
         if let Some(c) = v.first().and_then(|p| cmdline(*p)) {
             cmdlines.insert(id.clone(), c);
         }
+        if let Some(e) = v.first().and_then(|p| std::fs::read_link(format!("/proc/{p}/exe")).ok()) {
+            exes.insert(id.clone(), e.to_string_lossy().into_owned());
+        }
     }
-    ProcessTable { pids: out, cmdlines, rss }
+    ProcessTable { pids: out, cmdlines, rss, exes }
 }
 
 fn cmdline(pid: Pid) -> Option<String> {

@@ -338,6 +338,8 @@ pub struct ServiceSummary {
     pub process_count: usize,
     /// Command line of its lowest live pid (truncated; secrets are masked before it leaves).
     pub cmdline: Option<String>,
+    /// Executable of its lowest live pid.
+    pub exe: Option<String>,
     /// Whether any process of the service is alive.
     pub running: bool,
     /// TCP connections established now (opened since bpfsight started).
@@ -380,6 +382,20 @@ pub struct ServiceListQuery {
     pub active_within: Option<Window>,
     /// Most services returned (default 50).
     pub limit: Option<usize>,
+}
+
+/// The identity of a service known only from the process table, from the shape of its name.
+fn identity_of_name(id: &ServiceId) -> IdentitySource {
+    let n = id.as_str();
+    if n.starts_with("pod:") {
+        IdentitySource::KubernetesPod
+    } else if n.starts_with("container:") {
+        IdentitySource::Container
+    } else if n.ends_with(".service") {
+        IdentitySource::SystemdUnit
+    } else {
+        IdentitySource::ProcessName
+    }
 }
 
 fn round3(x: f64) -> f64 {
@@ -570,10 +586,11 @@ impl Store {
                 pids.truncate(16);
                 ServiceSummary {
                     service: id.clone(),
-                    identity: st.map(|s| s.identity).unwrap_or(IdentitySource::ProcessName),
+                    identity: st.map(|s| s.identity).unwrap_or_else(|| identity_of_name(id)),
                     pids,
                     process_count: live.map_or(0, |p| p.len()),
                     cmdline: self.cmdlines.get(id).cloned(),
+                    exe: self.exes.get(id).cloned(),
                     running: live.is_some(),
                     active_connections: st.map_or(0, |s| s.active()),
                     opened_5m: c.opened(),

@@ -16,7 +16,7 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::host::HostCounters;
 use crate::service::{IdentitySource, Pid, ServiceId};
@@ -220,7 +220,7 @@ impl ServiceState {
 }
 
 /// Kind of an [`Event`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
     /// A TCP connect that never reached ESTABLISHED.
@@ -268,7 +268,7 @@ impl EventKind {
 }
 
 /// What an event carries beyond its kind.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum EventDetail {
     /// TCP events: the endpoints.
@@ -297,7 +297,7 @@ pub enum EventDetail {
 }
 
 /// A discrete event, as kept for queries.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Event {
     /// Position in the event log, increasing; the cursor of `get_events`.
     pub seq: u64,
@@ -315,9 +315,10 @@ pub struct Event {
 }
 
 /// How the collector itself is doing: drops and lags a user should know about.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Health {
-    /// Where data comes from (`ebpf`).
+    /// Where data comes from (`ebpf`, or `replay` for a recording).
+    #[serde(skip_deserializing)]
     pub source: &'static str,
     /// Unix seconds when collection started.
     pub started_at: u64,
@@ -357,6 +358,8 @@ pub struct Store {
     pub(crate) cmdlines: HashMap<ServiceId, String>,
     /// Resident memory per live service, bytes (sum over its processes).
     pub(crate) rss: HashMap<ServiceId, u64>,
+    /// Executable per live service.
+    pub(crate) exes: HashMap<ServiceId, String>,
     /// The second the latest data belongs to; queries look back from here.
     pub(crate) now: u64,
     pub(crate) health: Health,
@@ -438,16 +441,18 @@ impl Store {
         }
     }
 
-    /// Appends a discrete event (its `seq` is assigned here), evicting the oldest past
-    /// [`MAX_EVENTS`].
-    pub fn push_event(&mut self, mut e: Event) {
+    /// Appends a discrete event, evicting the oldest past [`MAX_EVENTS`]; returns the `seq`
+    /// assigned to it.
+    pub fn push_event(&mut self, mut e: Event) -> u64 {
         if self.events.len() >= MAX_EVENTS {
             self.events.pop_front();
             self.health.events_evicted += 1;
         }
-        e.seq = self.next_seq;
+        let seq = self.next_seq;
+        e.seq = seq;
         self.next_seq += 1;
         self.events.push_back(e);
+        seq
     }
 
     /// Replaces the live process table.
@@ -455,6 +460,7 @@ impl Store {
         self.processes = procs.pids;
         self.cmdlines = procs.cmdlines;
         self.rss = procs.rss;
+        self.exes = procs.exes;
     }
 
     /// Mutable access to health counters, for the collector.

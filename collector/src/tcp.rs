@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::ops::AddAssign;
 
 use bpfsight_common::{AF_INET6, ConnStats, SendStats};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A remote endpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -36,6 +36,20 @@ impl Peer {
     pub const OTHER: Peer = Peer { addr: IpAddr::V4(Ipv4Addr::UNSPECIFIED), port: 0 };
 }
 
+impl Serialize for Peer {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Peer {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        let sa: std::net::SocketAddr = text.parse().map_err(serde::de::Error::custom)?;
+        Ok(Peer { addr: sa.ip(), port: sa.port() })
+    }
+}
+
 impl fmt::Display for Peer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.addr {
@@ -46,7 +60,7 @@ impl fmt::Display for Peer {
 }
 
 /// TCP counters over some interval. Same fields as the kernel's `ConnStats`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TcpCounters {
     /// Connections initiated (connect) that reached ESTABLISHED.
     pub opened_active: u64,

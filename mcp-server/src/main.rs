@@ -48,6 +48,81 @@ enum Command {
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Collect and write everything the collector sees to a recording, which
+    /// `--source replay:FILE` serves later as if live (to share an incident, or test exactly).
+    Record(RecordArgs),
+}
+
+#[derive(Args)]
+struct RecordArgs {
+    /// The recording to write (JSON lines; replaced if it exists).
+    #[arg(long, value_name = "PATH")]
+    out: PathBuf,
+    /// How long to record, e.g. "30s", "10m" (Ctrl-C stops earlier and keeps what was recorded).
+    #[arg(long, default_value = "1m")]
+    duration: String,
+}
+
+/// Where the data tools answer from.
+#[derive(Clone, Debug)]
+enum Source {
+    /// The kernel, through the eBPF collector.
+    Ebpf,
+    /// A recording made with `bpfsight record` or `serve --record`.
+    Replay(PathBuf),
+}
+
+fn parse_source(s: &str) -> Result<Source, String> {
+    match s {
+        "ebpf" => Ok(Source::Ebpf),
+        _ => match s.strip_prefix("replay:") {
+            Some(path) if !path.is_empty() => Ok(Source::Replay(PathBuf::from(path))),
+            _ => Err(format!("{s:?} is not a source; use ebpf or replay:FILE")),
+        },
+    }
+}
+
+/// The data behind the tools: a running collector, or a replayed recording.
+enum Data {
+    Live(Collector),
+    Replay(Arc<std::sync::RwLock<Store>>),
+}
+
+impl Data {
+    fn open(source: &Source, record: Option<PathBuf>) -> anyhow::Result<Data> {
+        match source {
+            Source::Ebpf => {
+                let config = CollectorConfig { record, ..CollectorConfig::default() };
+                Ok(Data::Live(Collector::start(config).context("starting the eBPF collector")?))
+            }
+            Source::Replay(path) => {
+                if record.is_some() {
+                    bail!("--record needs a live source; a replay is already a recording");
+                }
+                let store = bpfsight_collector::journal::replay(path).context("reading the recording")?;
+                tracing::info!(path = %path.display(), "serving a recording");
+                Ok(Data::Replay(Arc::new(std::sync::RwLock::new(store))))
+            }
+        }
+    }
+
+    fn store(&self) -> Arc<std::sync::RwLock<Store>> {
+        match self {
+            Data::Live(c) => c.store().clone(),
+            Data::Replay(s) => s.clone(),
+        }
+    }
+
+    fn programs(&self) -> bpfsight_collector::ProgramStatsHandle {
+        match self {
+            Data::Live(c) => c.program_stats_handle(),
+            Data::Replay(_) => bpfsight_collector::ProgramStatsHandle::default(),
+        }
+    }
+
+    fn is_live(&self) -> bool {
+        matches!(self, Data::Live(_))
+    }
 }
 
 #[derive(Subcommand)]
@@ -95,6 +170,9 @@ struct CommonArgs {
     /// Model of a remote embedder, e.g. nomic-embed-text.
     #[arg(long, env = "BPFSIGHT_EMBEDDER_MODEL")]
     embedder_model: Option<String>,
+    /// Where the data comes from: ebpf (the kernel, default) or replay:FILE (a recording).
+    #[arg(long, env = "BPFSIGHT_SOURCE", value_parser = parse_source, default_value = "ebpf")]
+    source: Source,
 }
 
 #[derive(Args, Clone)]
@@ -140,6 +218,9 @@ struct ServeArgs {
     /// Most sessions open at once, per transport (streamable HTTP, legacy SSE); default 256.
     #[arg(long)]
     max_sessions: Option<usize>,
+    /// Also record everything collected to this file, for `--source replay:FILE` later.
+    #[arg(long, value_name = "PATH")]
+    record: Option<PathBuf>,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -190,6 +271,7 @@ fn main() -> ExitCode {
         Command::Tools(a) => rt.block_on(tools(a)),
         Command::Call(a) => rt.block_on(call(a)),
         Command::Config(ConfigCommand::Check(a)) => config_check(a),
+        Command::Record(a) => rt.block_on(record(a)),
     };
     match outcome {
         Ok(code) => code,
@@ -413,14 +495,14 @@ async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
-    let collector = Collector::start(CollectorConfig::default()).context("starting the eBPF collector")?;
+    let data = Data::open(&a.common.source, a.record.clone())?;
     let casebase = open_casebase(&s).await?;
-    let server = BpfsightServer::with_policy(collector.store().clone(), policy)?.with_casebase(casebase);
+    let server = BpfsightServer::with_policy(data.store(), policy)?.with_casebase(casebase);
     if let Some(addr) = s.metrics_listen {
         let exporter = bpfsight::metrics::Exporter {
             metrics: server.metrics(),
-            store: collector.store().clone(),
-            programs: collector.program_stats_handle(),
+            store: data.store(),
+            programs: data.programs(),
         };
         tokio::spawn(async move {
             if let Err(e) = bpfsight::metrics::serve(addr, exporter).await {
@@ -441,7 +523,21 @@ async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
             running.waiting().await.context("MCP session")?;
         }
     }
+    drop(data);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn record(a: RecordArgs) -> anyhow::Result<ExitCode> {
+    let duration: Window = a.duration.parse().map_err(|e| anyhow::anyhow!("--duration: {e}"))?;
+    let config = CollectorConfig { record: Some(a.out.clone()), ..CollectorConfig::default() };
+    let collector = Collector::start(config).context("starting the eBPF collector")?;
+    tracing::info!(path = %a.out.display(), duration = %duration, "recording");
+    tokio::select! {
+        _ = tokio::time::sleep(Duration::from_secs(duration.secs()) + Duration::from_millis(1100)) => {}
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; keeping what was recorded"),
+    }
     drop(collector);
+    eprintln!("recorded to {}; serve it with --source replay:{}", a.out.display(), a.out.display());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -483,11 +579,13 @@ async fn call(a: CallArgs) -> anyhow::Result<ExitCode> {
     let collect: Window = a.collect.parse().map_err(|e| anyhow::anyhow!("--collect: {e}"))?;
     let s = settings(None, &a.common)?;
     let policy = policy_from(&s)?; // refuse a bad policy before collecting
-    let collector = Collector::start(CollectorConfig::default()).context("starting the eBPF collector")?;
+    let data = Data::open(&a.common.source, None)?;
     let casebase = open_casebase(&s).await?;
-    tokio::time::sleep(Duration::from_secs(collect.secs()) + Duration::from_millis(1100)).await;
+    if data.is_live() {
+        tokio::time::sleep(Duration::from_secs(collect.secs()) + Duration::from_millis(1100)).await;
+    }
     // The call goes through the real MCP server and client, over an in-process pipe.
-    let server = BpfsightServer::with_policy(collector.store().clone(), policy)?.with_casebase(casebase);
+    let server = BpfsightServer::with_policy(data.store(), policy)?.with_casebase(casebase);
     let (server_io, client_io) = tokio::io::duplex(1 << 20);
     let server_task = tokio::spawn(async move {
         if let Ok(running) = server.serve(server_io).await {
@@ -498,7 +596,7 @@ async fn call(a: CallArgs) -> anyhow::Result<ExitCode> {
     let outcome = client.call_tool(CallToolRequestParams::new(a.tool.clone()).with_arguments(args)).await;
     let _ = client.cancel().await;
     server_task.abort();
-    drop(collector);
+    drop(data);
     let result = match outcome {
         Ok(r) => r,
         Err(rmcp::ServiceError::McpError(e)) => {
