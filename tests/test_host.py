@@ -308,3 +308,30 @@ def test_a_recording_replays_to_the_same_tool_answers(tmp_path):
     bad.write_text('{"hello": 1}\n')
     out = subprocess.run([bpfsight_bin(), "call", "list_services", "--source", f"replay:{bad}"], capture_output=True, text=True)
     assert out.returncode != 0 and "not a bpfsight recording" in out.stderr, out.stderr
+
+
+def test_procfs_source_answers_the_same_questions_coarser():
+    async def body(s):
+        calm = Workload("sleeper", "pf-calm", 0, seconds=3)
+        await anyio.to_thread.run_sync(calm.wait)
+        hogs = [Workload("spin", "pf-hog", 0, seconds=5) for _ in range(4 * os.cpu_count())]
+        victim = Workload("sleeper", "pf-victim", 0, seconds=4)
+        fsync = Workload("fsync", "pf-fsync", 0, seconds=3, size=65536, dir="/var/tmp")
+        refused = Workload("refused", "pf-refuse", 47197, count=7)
+        for w in (victim, fsync, refused):
+            await anyio.to_thread.run_sync(w.wait)
+        for h in hogs:
+            h.kill()
+        await settle()
+
+        hog = await call(s, "get_resource_usage", {"service": "pf-hog", "resource": "cpu", "window": "30s"})
+        assert hog["source"] == "procfs" and hog["cpu"]["cpu_pct"] > 100 * os.cpu_count() * 4 / 30 * 0.5, hog
+        lat = await call(s, "get_high_latency_services", {"kind": "runqueue", "threshold_ms": 0, "percentile": 50, "window": "30s", "limit": 500})
+        v, c = row(lat, "pf-victim"), row(lat, "pf-calm")
+        assert lat["source"] == "procfs" and v and c and v["mean_ms"] > 4 * c["mean_ms"], (v, c)
+        io = (await call(s, "get_resource_usage", {"service": "pf-fsync", "resource": "io", "window": "30s"}))["io"]
+        assert io["write_bytes"] >= 65536, io
+        host = (await call(s, "get_connection_stats", {"service": "[host]", "window": "30s"}))["services"][0]
+        assert host["failed_connects"] >= 7, host  # whole-host counters from /proc/net/snmp
+
+    run_with_server(body, args=("serve", "--source", "procfs"))

@@ -17,9 +17,21 @@ use crate::store::{Event, EventDetail, EventKind, Store};
 use crate::tcp::{Peer, TcpCounters};
 use crate::{kernel, procs};
 
+/// Where the collector gets its data.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Backend {
+    /// eBPF programs in the kernel (needs CAP_BPF and CAP_PERFMON, or root).
+    #[default]
+    Ebpf,
+    /// /proc, coarser, no privileges needed (see [`crate::procfs`]).
+    Procfs,
+}
+
 /// How the collector runs.
 #[derive(Clone, Debug)]
 pub struct CollectorConfig {
+    /// Where data comes from.
+    pub backend: Backend,
     /// Kernel map poll interval (the series resolution is one second regardless).
     pub poll_interval: Duration,
     /// Which programs to attach (benchmarks add or substitute trivial baselines).
@@ -30,7 +42,12 @@ pub struct CollectorConfig {
 
 impl Default for CollectorConfig {
     fn default() -> Self {
-        CollectorConfig { poll_interval: Duration::from_secs(1), programs: ProgramSet::All, record: None }
+        CollectorConfig {
+            backend: Backend::Ebpf,
+            poll_interval: Duration::from_secs(1),
+            programs: ProgramSet::All,
+            record: None,
+        }
     }
 }
 
@@ -42,7 +59,7 @@ pub struct Collector {
     program_stats: Arc<RwLock<Vec<ProgramStats>>>,
 }
 
-fn unix_now() -> Duration {
+pub(crate) fn unix_now() -> Duration {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default()
 }
 
@@ -54,9 +71,13 @@ fn monotonic_ns() -> u64 {
 }
 
 impl Collector {
-    /// Checks privileges, prepares the kernel filesystems, verifies tracepoint layouts, loads
-    /// and attaches the programs, and starts polling.
+    /// Starts collecting from `config.backend`. For eBPF: checks privileges, prepares the
+    /// kernel filesystems, verifies tracepoint layouts, loads and attaches the programs, and
+    /// starts polling.
     pub fn start(config: CollectorConfig) -> Result<Collector, CollectorError> {
+        if config.backend == Backend::Procfs {
+            return Self::start_procfs(config);
+        }
         kernel::check_privileges()?;
         let tracefs = kernel::ensure_mounts()?;
         kernel::check_layouts(&tracefs)?;
@@ -107,6 +128,28 @@ impl Collector {
             .map_err(|source| CollectorError::Io { path: "thread".into(), source })?;
         tracing::info!(programs = ?config.programs, "collector started");
         Ok(Collector { store, stop, thread: Some(thread), program_stats })
+    }
+
+    fn start_procfs(config: CollectorConfig) -> Result<Collector, CollectorError> {
+        let now = unix_now().as_secs();
+        let mut store = Store::new(now);
+        store.health_mut().source = "procfs";
+        store.health_mut().started_at = now;
+        store.set_processes(procs::scan(64));
+        let journal = match &config.record {
+            Some(path) => Some(JournalWriter::create(path, "procfs", now)?),
+            None => None,
+        };
+        let store = Arc::new(RwLock::new(store));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut poller = crate::procfs::ProcfsPoller::new(store.clone(), journal);
+        let (stop2, interval) = (stop.clone(), config.poll_interval);
+        let thread = std::thread::Builder::new()
+            .name("bpfsight-procfs".into())
+            .spawn(move || poller.run(&stop2, interval))
+            .map_err(|source| CollectorError::Io { path: "thread".into(), source })?;
+        tracing::info!("collector started from /proc (coarser than eBPF: see the procfs source docs)");
+        Ok(Collector { store, stop, thread: Some(thread), program_stats: Arc::default() })
     }
 
     /// The shared store the collector fills.

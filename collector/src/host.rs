@@ -39,6 +39,16 @@ impl Histogram {
         }
     }
 
+    /// `count` samples known only by their sum (procfs gives a total wait and a count): all
+    /// of them go in the bucket of the mean, so percentiles read as the mean.
+    pub fn from_mean(count: u64, sum_ns: u64) -> Histogram {
+        if count == 0 {
+            return Histogram::default();
+        }
+        let b = bpfsight_common::hist_bucket(sum_ns / count) as u8;
+        Histogram { count, sum_ns, buckets: vec![(b, count.min(u32::MAX as u64) as u32)] }
+    }
+
     /// Whether there are no samples.
     pub fn is_empty(&self) -> bool {
         self.count == 0
@@ -198,11 +208,12 @@ impl HostCounters {
             write_bytes: cur.write_bytes.wrapping_sub(prev.write_bytes),
             errors: cur.errors.wrapping_sub(prev.errors),
         };
+        self.io.add(&d);
         self.add_device(dev, &d);
     }
 
+    /// Adds `d` to the per-device breakdown only (the caller keeps [`Self::io`]).
     fn add_device(&mut self, dev: u32, d: &IoTotals) {
-        self.io.add(d);
         if let Some((_, t)) = self.io_devices.iter_mut().find(|(k, _)| *k == dev) {
             t.add(d);
         } else if self.io_devices.len() < MAX_DEVICES_PER_SLOT {
@@ -254,6 +265,7 @@ impl HostCounters {
         self.killed += o.killed;
         self.oom_kills += o.oom_kills;
         self.io_lat.merge(&o.io_lat);
+        self.io.add(&o.io);
         for (dev, t) in &o.io_devices {
             self.add_device(*dev, t);
         }
@@ -349,11 +361,17 @@ mod tests {
     #[test]
     fn devices_are_capped_without_losing_counts() {
         let mut c = HostCounters::default();
+        let one = IoStats { write_ops: 1, ..Default::default() };
         for dev in 1..10 {
-            c.add_device(dev, &IoTotals { write_ops: 1, ..Default::default() });
+            c.add_io(dev, &one, &IoStats::default());
         }
         assert!(c.io_devices.len() <= MAX_DEVICES_PER_SLOT);
         assert_eq!(c.io_devices.iter().map(|(_, t)| t.write_ops).sum::<u64>(), 9);
         assert_eq!(c.io.write_ops, 9);
+        let mut m = HostCounters::default();
+        m.merge(&c);
+        m.merge(&c);
+        assert_eq!(m.io.write_ops, 18);
+        assert_eq!(m.io_devices.iter().map(|(_, t)| t.write_ops).sum::<u64>(), 18);
     }
 }

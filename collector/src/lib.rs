@@ -26,6 +26,7 @@ pub mod kernel;
 pub mod loader;
 pub mod names;
 pub mod preexisting;
+pub mod procfs;
 pub mod procs;
 pub mod query;
 pub mod service;
@@ -35,7 +36,7 @@ pub mod window;
 
 /// The kernel/user shared types, for callers that need program or map names.
 pub use bpfsight_common as common;
-pub use collector::{Collector, CollectorConfig, ProgramStatsHandle};
+pub use collector::{Backend, Collector, CollectorConfig, ProgramStatsHandle};
 pub use error::CollectorError;
 pub use service::ServiceId;
 pub use store::Store;

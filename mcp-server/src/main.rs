@@ -17,7 +17,7 @@ use bpfsight::http::HttpConfig;
 use bpfsight::redact::{Redactor, Treatment};
 use bpfsight::{BpfsightServer, Policy};
 use bpfsight_casebase::{CaseBase, Embedder, Error as CaseBaseError, RemoteApi, RemoteEmbedder};
-use bpfsight_collector::{Collector, CollectorConfig, Store, Window};
+use bpfsight_collector::{Backend, Collector, CollectorConfig, CollectorError, Store, Window};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use rmcp::ServiceExt;
 use rmcp::model::CallToolRequestParams;
@@ -66,18 +66,24 @@ struct RecordArgs {
 /// Where the data tools answer from.
 #[derive(Clone, Debug)]
 enum Source {
-    /// The kernel, through the eBPF collector.
+    /// eBPF when it can start, else /proc (with a warning).
+    Auto,
+    /// The kernel, through the eBPF collector; fail if BPF is not permitted.
     Ebpf,
+    /// /proc: coarser, needs no privileges.
+    Procfs,
     /// A recording made with `bpfsight record` or `serve --record`.
     Replay(PathBuf),
 }
 
 fn parse_source(s: &str) -> Result<Source, String> {
     match s {
+        "auto" => Ok(Source::Auto),
         "ebpf" => Ok(Source::Ebpf),
+        "procfs" => Ok(Source::Procfs),
         _ => match s.strip_prefix("replay:") {
             Some(path) if !path.is_empty() => Ok(Source::Replay(PathBuf::from(path))),
-            _ => Err(format!("{s:?} is not a source; use ebpf or replay:FILE")),
+            _ => Err(format!("{s:?} is not a source; use auto, ebpf, procfs or replay:FILE")),
         },
     }
 }
@@ -90,11 +96,28 @@ enum Data {
 
 impl Data {
     fn open(source: &Source, record: Option<PathBuf>) -> anyhow::Result<Data> {
+        let live =
+            |backend| CollectorConfig { backend, record: record.clone(), ..CollectorConfig::default() };
         match source {
             Source::Ebpf => {
-                let config = CollectorConfig { record, ..CollectorConfig::default() };
-                Ok(Data::Live(Collector::start(config).context("starting the eBPF collector")?))
+                Ok(Data::Live(Collector::start(live(Backend::Ebpf)).context("starting the eBPF collector")?))
             }
+            Source::Procfs => Ok(Data::Live(
+                Collector::start(live(Backend::Procfs)).context("starting the procfs collector")?,
+            )),
+            Source::Auto => match Collector::start(live(Backend::Ebpf)) {
+                Ok(c) => Ok(Data::Live(c)),
+                Err(e @ (CollectorError::PermissionDenied { .. } | CollectorError::Unsupported { .. })) => {
+                    tracing::warn!(
+                        reason = %e,
+                        "eBPF is not available; answering from /proc instead (coarser; --source ebpf makes this an error)"
+                    );
+                    Ok(Data::Live(
+                        Collector::start(live(Backend::Procfs)).context("starting the procfs collector")?,
+                    ))
+                }
+                Err(e) => Err(e).context("starting the eBPF collector"),
+            },
             Source::Replay(path) => {
                 if record.is_some() {
                     bail!("--record needs a live source; a replay is already a recording");
@@ -170,8 +193,9 @@ struct CommonArgs {
     /// Model of a remote embedder, e.g. nomic-embed-text.
     #[arg(long, env = "BPFSIGHT_EMBEDDER_MODEL")]
     embedder_model: Option<String>,
-    /// Where the data comes from: ebpf (the kernel, default) or replay:FILE (a recording).
-    #[arg(long, env = "BPFSIGHT_SOURCE", value_parser = parse_source, default_value = "ebpf")]
+    /// Where the data comes from: auto (eBPF, or /proc when BPF is not permitted; default),
+    /// ebpf, procfs, or replay:FILE (a recording).
+    #[arg(long, env = "BPFSIGHT_SOURCE", value_parser = parse_source, default_value = "auto")]
     source: Source,
 }
 
