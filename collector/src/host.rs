@@ -110,7 +110,8 @@ impl Histogram {
         self.buckets.last().map(|(b, _)| Self::upper_ms(*b))
     }
 
-    fn heap_bytes(&self) -> usize {
+    /// Heap bytes held, for the memory budget.
+    pub fn heap_bytes(&self) -> usize {
         self.buckets.capacity() * std::mem::size_of::<(u8, u32)>()
     }
 }

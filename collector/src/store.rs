@@ -10,9 +10,11 @@
 //!
 //! Memory budget, measured by `history_memory_budget` below for a service active every
 //! second with a typical run-queue histogram, a syscall-error pair and two TCP peers: about
-//! 0.5 KiB per slot, so such a service costs about 1 MiB for the first 15 minutes, 2.3 MiB at
-//! 6 hours and 8 MiB at the full 7 days (all three rings full). Services active only now and
-//! then cost a fraction of that: slots exist only for periods with activity.
+//! 0.4 KiB per slot, so such a service costs about 0.75 MiB for the first 15 minutes, 1.7 MiB
+//! at 6 hours and 6 MiB at the full 7 days (all three rings full). Services active only now
+//! and then cost a fraction of that: slots exist only for periods with activity. All history
+//! together is capped at [`MAX_HISTORY_SLOTS`]; past it the least recently active services are
+//! evicted.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
@@ -37,6 +39,9 @@ pub const MAX_SERVICES: usize = 2048;
 pub const MAX_EVENTS: usize = 10_000;
 /// Pids remembered per service.
 pub const MAX_PIDS_PER_SERVICE: usize = 64;
+/// Slots kept over all services, resolutions and signal families (about 100 MiB at the
+/// measured ~350 bytes per slot); past it the least recently active services are evicted.
+pub const MAX_HISTORY_SLOTS: usize = 300_000;
 
 /// TCP counters of one time slot, in total and per peer.
 #[derive(Clone, Debug, Default)]
@@ -65,6 +70,75 @@ impl TcpSlot {
 
     fn heap_bytes(&self) -> usize {
         self.peers.capacity() * std::mem::size_of::<(Peer, TcpCounters)>()
+    }
+}
+
+/// Host counters of one time slot, compact: the fields nearly every busy second has inline,
+/// the rest (IO, slow syscalls, exits, handshakes) boxed and absent for most slots.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct HostSlot {
+    runq: crate::host::Histogram,
+    oncpu_ns: u64,
+    page_allocs: u64,
+    vol_switches: u32,
+    invol_switches: u32,
+    /// `(syscall nr, errno, count)`, as in [`HostCounters::syscall_errors`].
+    syscall_errors: Vec<(u16, u16, u32)>,
+    rare: Option<Box<HostCounters>>,
+}
+
+impl HostSlot {
+    fn add(&mut self, d: &HostCounters) {
+        self.runq.merge(&d.runq);
+        self.oncpu_ns += d.oncpu_ns;
+        self.page_allocs += d.page_allocs;
+        self.vol_switches = self.vol_switches.saturating_add(d.vol_switches.min(u32::MAX as u64) as u32);
+        self.invol_switches =
+            self.invol_switches.saturating_add(d.invol_switches.min(u32::MAX as u64) as u32);
+        let mut overflow = Vec::new();
+        for &(nr, errno, n) in &d.syscall_errors {
+            let n32 = n.min(u32::MAX as u64) as u32;
+            let room = self.syscall_errors.len() < crate::host::MAX_SYSCALL_ERRORS_PER_SLOT;
+            match self.syscall_errors.iter_mut().find(|(s, e, _)| *s as u32 == nr && *e as u32 == errno) {
+                Some(e) => e.2 = e.2.saturating_add(n32),
+                None if room && nr <= u16::MAX as u32 && errno <= u16::MAX as u32 => {
+                    self.syscall_errors.push((nr as u16, errno as u16, n32))
+                }
+                None => overflow.push((nr, errno, n)),
+            }
+        }
+        let rare = HostCounters {
+            runq: Default::default(),
+            oncpu_ns: 0,
+            page_allocs: 0,
+            vol_switches: 0,
+            invol_switches: 0,
+            syscall_errors: overflow,
+            ..d.clone()
+        };
+        if !rare.is_zero() {
+            self.rare.get_or_insert_default().merge(&rare);
+        }
+    }
+
+    fn add_to(&self, out: &mut HostCounters) {
+        out.runq.merge(&self.runq);
+        out.oncpu_ns += self.oncpu_ns;
+        out.page_allocs += self.page_allocs;
+        out.vol_switches += self.vol_switches as u64;
+        out.invol_switches += self.invol_switches as u64;
+        for &(nr, errno, n) in &self.syscall_errors {
+            out.add_syscall_error(nr as u32, errno as u32, n as u64);
+        }
+        if let Some(r) = &self.rare {
+            out.merge(r);
+        }
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.runq.heap_bytes()
+            + self.syscall_errors.capacity() * std::mem::size_of::<(u16, u16, u32)>()
+            + self.rare.as_ref().map_or(0, |r| std::mem::size_of::<HostCounters>() + r.heap_bytes())
     }
 }
 
@@ -163,7 +237,7 @@ pub(crate) struct ServiceState {
     pub(crate) identity: IdentitySource,
     pub(crate) pids: BTreeSet<Pid>,
     tcp: Series<TcpSlot>,
-    host: Series<HostCounters>,
+    host: Series<HostSlot>,
     /// Since the collector started, to derive connections still established.
     pub(crate) opened_total: u64,
     pub(crate) closed_total: u64,
@@ -204,7 +278,7 @@ impl ServiceState {
     pub(crate) fn host_window(&self, now: u64, secs: u64) -> HostCounters {
         let mut out = HostCounters::default();
         for s in self.host.window(now, secs) {
-            out.merge(s);
+            s.add_to(&mut out);
         }
         out
     }
@@ -215,7 +289,7 @@ impl ServiceState {
     }
 
     fn heap_bytes(&self) -> usize {
-        self.tcp.heap_bytes(TcpSlot::heap_bytes) + self.host.heap_bytes(HostCounters::heap_bytes)
+        self.tcp.heap_bytes(TcpSlot::heap_bytes) + self.host.heap_bytes(HostSlot::heap_bytes)
     }
 }
 
@@ -342,7 +416,8 @@ pub struct Health {
     pub proc_ringbuf_drops: u64,
     /// Events aged out of the bounded event log.
     pub events_evicted: u64,
-    /// Services evicted because more than [`MAX_SERVICES`] were active.
+    /// Services whose history was dropped because more than [`MAX_SERVICES`] were active or
+    /// the history passed [`MAX_HISTORY_SLOTS`] (least recently active first).
     pub services_evicted: u64,
 }
 
@@ -371,10 +446,22 @@ impl Store {
         Store { now, next_seq: 1, ..Default::default() }
     }
 
-    /// Advances the store's clock to `now` (Unix seconds).
+    /// Advances the store's clock to `now` (Unix seconds) and keeps the history within
+    /// [`MAX_HISTORY_SLOTS`].
     pub fn tick(&mut self, now: u64) {
         self.now = self.now.max(now);
         self.health.last_poll = now;
+        let mut slots = self.slot_count();
+        while slots > MAX_HISTORY_SLOTS && self.services.len() > 1 {
+            let Some(victim) = self.services.iter().min_by_key(|(_, s)| s.last_seen).map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            if let Some(st) = self.services.remove(&victim) {
+                slots -= st.tcp.slot_count() + st.host.slot_count();
+                self.health.services_evicted += 1;
+            }
+        }
     }
 
     fn service_mut(&mut self, service: &ServiceId, identity: IdentitySource, pid: Pid) -> &mut ServiceState {
@@ -429,7 +516,7 @@ impl Store {
             }
             st.pids.insert(*p);
         }
-        st.host.update(t, |s| s.merge(delta));
+        st.host.update(t, |s| s.add(delta));
         st.last_seen = st.last_seen.max(t);
         self.now = self.now.max(t);
     }
@@ -572,6 +659,26 @@ mod tests {
         assert_eq!(s.events.len(), MAX_EVENTS);
         assert_eq!(s.health.events_evicted, 5);
         assert_eq!(s.events.back().unwrap().seq, (MAX_EVENTS + 5) as u64);
+    }
+
+    #[test]
+    fn history_past_the_slot_budget_evicts_the_least_recently_active() {
+        let mut s = Store::new(0);
+        let ids: Vec<ServiceId> = (0..400).map(|i| ServiceId::new(&format!("s{i}"))).collect();
+        for sec in 0..960 {
+            for id in &ids {
+                s.record(sec, id, IdentitySource::ProcessName, 1, peer(1), rt(1));
+            }
+        }
+        // The first half stays active; the second half went quiet at 959.
+        for id in &ids[..200] {
+            s.record(1000, id, IdentitySource::ProcessName, 1, peer(1), rt(1));
+        }
+        assert!(s.slot_count() > MAX_HISTORY_SLOTS);
+        s.tick(1000);
+        assert!(s.slot_count() <= MAX_HISTORY_SLOTS, "{}", s.slot_count());
+        assert!(s.health.services_evicted > 0);
+        assert!(ids[..200].iter().all(|id| s.services.contains_key(id)), "active services kept");
     }
 
     #[test]

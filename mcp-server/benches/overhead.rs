@@ -3,9 +3,14 @@
 //! 1. mean in-kernel cost per event of every program, next to a trivial counting program on
 //!    the same hook measured in the same run (`kernel.bpf_stats_enabled` on);
 //! 2. loopback request/response throughput with the collector attached vs detached;
-//! 3. MCP tool-call latency over stdio against the real binary.
+//! 3. MCP tool-call latency over stdio against the real binary;
+//! 4. a syscall-heavy load (failing opens on every core) with the collector attached vs
+//!    detached, and how many syscall events per second the programs absorb;
+//! 5. the real binary's resident memory while 1,000 live processes (each its own service)
+//!    wake up, switch and fail syscalls.
 //!
-//! Run: `cargo bench -p bpfsight --bench overhead` (prints a report; not a test).
+//! Run: `cargo bench -p bpfsight --bench overhead` (prints a report; not a test);
+//! `BENCH_ONLY=costs,throughput,tools,syscalls,rss` runs a subset.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -25,6 +30,10 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo bench -- --list` / `cargo test --benches` probing.
     }
+    if let Ok(name) = std::env::var("BPFSIGHT_BENCH_CHILD") {
+        bench_child(&name);
+        return;
+    }
     if unsafe { libc_geteuid() } != 0 {
         eprintln!("the overhead benchmark loads eBPF programs: run it as root");
         std::process::exit(1);
@@ -33,9 +42,148 @@ fn main() {
         "bpfsight overhead benchmark ({} cores)\n",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    program_costs();
-    throughput();
-    tool_latency();
+    // BENCH_ONLY=costs,throughput,tools,syscalls,rss runs a subset.
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let want = |s: &str| only.is_empty() || only.split(',').any(|x| x == s);
+    if want("costs") {
+        program_costs();
+    }
+    if want("throughput") {
+        throughput();
+    }
+    if want("tools") {
+        tool_latency();
+    }
+    if want("syscalls") {
+        syscall_load();
+    }
+    if want("rss") {
+        rss_under_processes(1000);
+    }
+}
+
+/// One of the 1,000 processes: its own name, wakes every 250 ms, fails an open.
+fn bench_child(name: &str) {
+    let _ = std::fs::write("/proc/self/comm", name);
+    let end = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(250));
+        let _ = std::fs::File::open("/nonexistent-bpfsight-bench");
+    }
+}
+
+/// Failing opens on every core for `secs`: opens per second.
+fn open_storm(secs: f64) -> f64 {
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let done = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let hs: Vec<_> = (0..threads)
+        .map(|_| {
+            let (done, stop) = (done.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = std::fs::File::open("/nonexistent-bpfsight-bench/x");
+                    n += 1;
+                }
+                done.fetch_add(n, Ordering::Relaxed);
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs_f64(secs));
+    stop.store(true, Ordering::Relaxed);
+    for h in hs {
+        let _ = h.join();
+    }
+    done.load(Ordering::Relaxed) as f64 / secs
+}
+
+fn syscall_load() {
+    const SECS: f64 = 2.0;
+    let (mut off, mut on) = (Vec::new(), Vec::new());
+    let mut absorbed = Vec::new();
+    let mut drops = 0;
+    for _ in 0..5 {
+        off.push(open_storm(SECS));
+        let _stats = enable_bpf_stats().expect("enable BPF statistics");
+        let c = Collector::start(CollectorConfig::default()).expect("start collector");
+        std::thread::sleep(Duration::from_millis(300));
+        let runs = |c: &Collector| {
+            c.program_stats().iter().find(|s| s.name == "sys_exit").map_or(0, |s| s.run_count)
+        };
+        std::thread::sleep(Duration::from_millis(1100)); // a poll, so program stats are current
+        let before = runs(&c);
+        let t = Instant::now();
+        on.push(open_storm(SECS));
+        std::thread::sleep(Duration::from_millis(1100));
+        absorbed.push((runs(&c) - before) as f64 / t.elapsed().as_secs_f64());
+        let h = c.store().read().unwrap().health().clone();
+        drops += h.host_stats_full + h.proc_stats_full + h.start_map_full + h.proc_ringbuf_drops;
+        drop(c);
+    }
+    let (off_m, on_m) = (median(off.clone()), median(on.clone()));
+    println!(
+        "4. Syscall-heavy load: failing open() on every core, 5 interleaved rounds of {SECS} s (medians)"
+    );
+    println!("   detached:                {off_m:>10.0} opens/s (rounds: {})", fmt_list(&off));
+    println!("   bpfsight attached:       {on_m:>10.0} opens/s (rounds: {})", fmt_list(&on));
+    println!(
+        "   ratio attached/detached: {:.4} (cost {:+.2} %); sys_exit events absorbed: {:.0}/s (median); kernel-side drops: {drops}\n",
+        on_m / off_m,
+        100.0 * (1.0 - on_m / off_m),
+        median(absorbed)
+    );
+}
+
+fn rss_under_processes(n: usize) {
+    let me = std::env::current_exe().expect("own path");
+    let mut children: Vec<_> = (0..n)
+        .filter_map(|i| {
+            Command::new(&me)
+                .env("BPFSIGHT_BENCH_CHILD", format!("svc-{i}"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .spawn()
+                .ok()
+        })
+        .collect();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_bpfsight"))
+        .arg("serve")
+        .env("BPFSIGHT_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn bpfsight serve");
+    let status = |pid: u32, key: &str| -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            })
+            .unwrap_or(0)
+    };
+    println!(
+        "5. Resident memory of `bpfsight serve` with {} live processes, each its own service",
+        children.len()
+    );
+    let start = Instant::now();
+    for at in [10u64, 30, 60] {
+        std::thread::sleep((start + Duration::from_secs(at)).saturating_duration_since(Instant::now()));
+        println!(
+            "   after {at:>2} s: VmRSS {:.1} MiB, peak (VmHWM) {:.1} MiB",
+            status(server.id(), "VmRSS:") as f64 / 1024.0,
+            status(server.id(), "VmHWM:") as f64 / 1024.0
+        );
+    }
+    drop(server.stdin.take());
+    let _ = server.kill();
+    let _ = server.wait();
+    for c in &mut children {
+        let _ = c.kill();
+    }
+    for c in &mut children {
+        let _ = c.wait();
+    }
 }
 
 unsafe extern "C" {
@@ -296,6 +444,9 @@ fn tool_latency() {
         ("list_services", r#"{"limit":50}"#),
         ("get_connection_stats", r#"{"window":"5m"}"#),
         ("get_service_errors", r#"{"window":"15m","threshold_pct":0}"#),
+        ("get_high_latency_services", r#"{"threshold_ms":0,"window":"5m"}"#),
+        ("get_resource_usage", r#"{"service":"[kernel]","window":"5m"}"#),
+        ("get_events", r#"{"window":"15m"}"#),
     ];
     println!(
         "3. MCP tools/call latency over stdio (request written -> response read), {TOOL_CALLS} calls each"
