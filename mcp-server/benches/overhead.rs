@@ -100,11 +100,17 @@ fn open_storm(secs: f64) -> f64 {
 
 fn syscall_load() {
     const SECS: f64 = 2.0;
-    let (mut off, mut on) = (Vec::new(), Vec::new());
+    let (mut off, mut on, mut floor) = (Vec::new(), Vec::new(), Vec::new());
     let mut absorbed = Vec::new();
     let mut drops = 0;
     for _ in 0..5 {
         off.push(open_storm(SECS));
+        {
+            let base = CollectorConfig { programs: ProgramSet::BaselineOnly, ..Default::default() };
+            let _c = Collector::start(base).expect("start baseline collector");
+            std::thread::sleep(Duration::from_millis(300));
+            floor.push(open_storm(SECS));
+        }
         let _stats = enable_bpf_stats().expect("enable BPF statistics");
         let c = Collector::start(CollectorConfig::default()).expect("start collector");
         std::thread::sleep(Duration::from_millis(300));
@@ -121,14 +127,16 @@ fn syscall_load() {
         drops += h.host_stats_full + h.proc_stats_full + h.start_map_full + h.proc_ringbuf_drops;
         drop(c);
     }
-    let (off_m, on_m) = (median(off.clone()), median(on.clone()));
+    let (off_m, on_m, floor_m) = (median(off.clone()), median(on.clone()), median(floor.clone()));
     println!(
         "4. Syscall-heavy load: failing open() on every core, 5 interleaved rounds of {SECS} s (medians)"
     );
     println!("   detached:                {off_m:>10.0} opens/s (rounds: {})", fmt_list(&off));
     println!("   bpfsight attached:       {on_m:>10.0} opens/s (rounds: {})", fmt_list(&on));
+    println!("   trivial programs only:   {floor_m:>10.0} opens/s (rounds: {})", fmt_list(&floor));
     println!(
-        "   ratio attached/detached: {:.4} (cost {:+.2} %); sys_exit events absorbed: {:.0}/s (median); kernel-side drops: {drops}\n",
+        "   trivial-programs floor: {:+.2} %; ratio attached/detached: {:.4} (cost {:+.2} %); sys_exit events absorbed: {:.0}/s (median); kernel-side drops: {drops}\n",
+        100.0 * (1.0 - floor_m / off_m),
         on_m / off_m,
         100.0 * (1.0 - on_m / off_m),
         median(absorbed)
@@ -478,4 +486,5 @@ fn tool_latency() {
     drop(stdin);
     let _ = child.wait();
     stop.store(true, Ordering::Relaxed);
+    println!();
 }

@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use bpfsight_common::{
     COUNTERS_LEN, ConnKey, ConnStats, Counter, InflightIo, IoKey, IoReqKey, IoStats, LatHist, ListenKey,
@@ -63,9 +63,12 @@ pub fn bump(key: &ConnKey, f: impl FnOnce(&mut ConnStats)) {
 #[map(name = "PROC_STATS")]
 pub static PROC_STATS: PerCpuHashMap<Owner, ProcStats> = PerCpuHashMap::with_max_entries(8192, 0);
 
-/// When each thread (by tid) became runnable: set at wakeup and preemption, taken at switch-in.
+/// When each thread (by tid) became runnable: set at wakeup and preemption, taken (zeroed) at
+/// switch-in. Values are written in place, never deleted: an in-place store costs a lookup,
+/// an update or delete takes the bucket lock and the free list. LRU, so threads that exited
+/// make room for new ones.
 #[map(name = "RUNQ_START")]
-pub static RUNQ_START: HashMap<u32, u64> = HashMap::with_max_entries(32768, 0);
+pub static RUNQ_START: LruHashMap<u32, u64> = LruHashMap::with_max_entries(32768, 0);
 
 /// When the running task was switched in, per CPU (slot 0), for on-CPU time.
 #[map(name = "ONCPU_SINCE")]
@@ -78,9 +81,34 @@ pub static IO_INFLIGHT: HashMap<IoReqKey, InflightIo> = HashMap::with_max_entrie
 #[map(name = "IO_STATS")]
 pub static IO_STATS: PerCpuHashMap<IoKey, IoStats> = PerCpuHashMap::with_max_entries(2048, 0);
 
-/// Entry time of the slow syscalls in progress, by tid.
+/// Entry time of the slow syscall in progress, by tid (0: none); written in place like
+/// [`RUNQ_START`].
 #[map(name = "SYSCALL_START")]
-pub static SYSCALL_START: HashMap<u32, u64> = HashMap::with_max_entries(16384, 0);
+pub static SYSCALL_START: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16384, 0);
+
+/// Sets `map[key] = value`, in place when the key exists (no lock, no allocation).
+#[inline(always)]
+pub fn store_start(map: &LruHashMap<u32, u64>, key: u32, value: u64) {
+    match map.get_ptr_mut(&key) {
+        // SAFETY: map value pointer; an aligned u64 store.
+        Some(p) => unsafe { *p = value },
+        None => {
+            if map.insert(&key, &value, 0).is_err() {
+                count(Counter::StartMapFull);
+            }
+        }
+    }
+}
+
+/// Takes `map[key]` (0 if absent or already taken), leaving 0.
+#[inline(always)]
+pub fn take_start(map: &LruHashMap<u32, u64>, key: u32) -> u64 {
+    match map.get_ptr_mut(&key) {
+        // SAFETY: map value pointer; an aligned u64 swap.
+        Some(p) => unsafe { core::mem::replace(&mut *p, 0) },
+        None => 0,
+    }
+}
 
 #[map(name = "SYSCALL_ERRORS")]
 pub static SYSCALL_ERRORS: PerCpuHashMap<SyscallKey, u64> = PerCpuHashMap::with_max_entries(8192, 0);

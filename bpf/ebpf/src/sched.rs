@@ -10,9 +10,9 @@ use aya_ebpf::{
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
-use bpfsight_common::{Counter, Owner};
+use bpfsight_common::Owner;
 
-use crate::maps::{ONCPU_SINCE, RUNQ_START, bump_proc, count};
+use crate::maps::{ONCPU_SINCE, RUNQ_START, bump_proc, store_start, take_start};
 use crate::record::now_ns;
 
 /// Byte offset of `pid` in `struct task_struct` (`tgid` is the next word), set by the loader.
@@ -46,8 +46,8 @@ fn task_comm(task: u64) -> [u8; 16] {
 /// Marks thread `pid` runnable from now.
 #[inline(always)]
 fn enqueued(pid: u32, now: u64) {
-    if pid != 0 && RUNQ_START.insert(&pid, &now, 0).is_err() {
-        count(Counter::StartMapFull);
+    if pid != 0 {
+        store_start(&RUNQ_START, pid, now);
     }
 }
 
@@ -106,9 +106,10 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> u32 {
     if pid == 0 {
         return 0;
     }
-    // SAFETY: value copied out before the delete.
-    let Some(start) = (unsafe { RUNQ_START.get(&pid) }).copied() else { return 0 };
-    let _ = RUNQ_START.remove(&pid);
+    let start = take_start(&RUNQ_START, pid);
+    if start == 0 {
+        return 0;
+    }
     let owner = Owner { tgid, _pad: 0, comm: task_comm(next) };
     bump_proc(&owner, |s| s.runq.add(now.saturating_sub(start)));
     0

@@ -5,9 +5,9 @@
 //! and is not timed) is two comparisons and no map access.
 
 use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext};
-use bpfsight_common::{Counter, MAX_ERRNO, SyscallKey, layout::raw_syscalls as f};
+use bpfsight_common::{MAX_ERRNO, SyscallKey, layout::raw_syscalls as f};
 
-use crate::maps::{SYSCALL_START, bump_syscall_error, bump_syscall_lat, count};
+use crate::maps::{SYSCALL_START, bump_syscall_error, bump_syscall_lat, store_start, take_start};
 use crate::record::{at, current_owner, now_ns};
 
 /// Whether `nr` is timed; must list the same numbers as `SLOW_SYSCALLS`.
@@ -22,10 +22,7 @@ pub fn sys_enter(ctx: TracePointContext) -> u32 {
     if !is_slow(nr) {
         return 0;
     }
-    let tid = bpf_get_current_pid_tgid() as u32;
-    if SYSCALL_START.insert(&tid, &now_ns(), 0).is_err() {
-        count(Counter::StartMapFull);
-    }
+    store_start(&SYSCALL_START, bpf_get_current_pid_tgid() as u32, now_ns());
     0
 }
 
@@ -40,10 +37,8 @@ pub fn sys_exit(ctx: TracePointContext) -> u32 {
     }
     let owner = current_owner();
     if slow {
-        let tid = bpf_get_current_pid_tgid() as u32;
-        // SAFETY: value copied out before the delete.
-        if let Some(start) = (unsafe { SYSCALL_START.get(&tid) }).copied() {
-            let _ = SYSCALL_START.remove(&tid);
+        let start = take_start(&SYSCALL_START, bpf_get_current_pid_tgid() as u32);
+        if start != 0 {
             bump_syscall_lat(&SyscallKey { owner, nr: nr as u32, errno: 0 }, now_ns().saturating_sub(start));
         }
     }
