@@ -4,6 +4,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -38,14 +39,17 @@ def memory_cgroup(limit_bytes):
     try:
         yield d / "cgroup.procs"
     finally:
-        for _ in range(50):
-            try:
-                d.rmdir()
-                break
-            except OSError:
-                import time
+        rmdir_when_empty(d)
 
-                time.sleep(0.1)
+
+def rmdir_when_empty(d):
+    """Removes a cgroup once its last process is gone (the kernel empties it a moment after exit)."""
+    for _ in range(50):
+        try:
+            d.rmdir()
+            return
+        except OSError:
+            time.sleep(0.1)
 
 
 def test_cpu_hogs_raise_the_victims_run_queue_delay():
@@ -224,14 +228,7 @@ def cgroup_at(relpath):
     try:
         yield d / "cgroup.procs"
     finally:
-        import time
-
-        for _ in range(50):
-            try:
-                d.rmdir()
-                break
-            except OSError:
-                time.sleep(0.1)
+        rmdir_when_empty(d)
 
 
 def test_services_are_named_by_systemd_unit_and_container_from_the_cgroup_path():

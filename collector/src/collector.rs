@@ -101,7 +101,7 @@ impl Collector {
         if let Some(j) = journal.as_mut() {
             j.procs(&table);
         }
-        store.set_processes(table.clone());
+        store.set_processes(table);
         let store = Arc::new(RwLock::new(store));
         let stop = Arc::new(AtomicBool::new(false));
         let program_stats = Arc::new(RwLock::new(Vec::new()));
@@ -117,7 +117,6 @@ impl Collector {
             prev_host: HostSnapshot::default(),
             host_last_change: HashMap::new(),
             journal,
-            last_table: table,
             mono_to_unix_ns: unix_now().as_nanos() as i128 - monotonic_ns() as i128,
             interval: config.poll_interval,
         };
@@ -212,8 +211,6 @@ struct Poller {
     host_last_change: HashMap<Owner, u64>,
     /// Where changes are recorded, if anywhere.
     journal: Option<JournalWriter>,
-    /// The process table last recorded.
-    last_table: procs::ProcessTable,
     mono_to_unix_ns: i128,
     interval: Duration,
 }
@@ -476,11 +473,8 @@ impl Poller {
             h.host_stats_full = kc.host_stats_full;
             h.proc_ringbuf_drops = kc.proc_ringbuf_drops;
             if let Some(p) = procs {
-                if let Some(j) = self.journal.as_mut()
-                    && p != self.last_table
-                {
+                if let Some(j) = self.journal.as_mut() {
                     j.procs(&p);
-                    self.last_table = p.clone();
                 }
                 store.set_processes(p);
             }

@@ -98,6 +98,8 @@ enum Line {
 pub struct JournalWriter {
     path: PathBuf,
     out: BufWriter<File>,
+    /// The process table last recorded: tables are recorded only when they change.
+    last_table: Option<ProcessTable>,
     /// The first write error; later writes are skipped and the error is reported once.
     failed: bool,
 }
@@ -107,7 +109,12 @@ impl JournalWriter {
     pub fn create(path: &Path, source: &str, started_at: u64) -> Result<Self, JournalError> {
         let io = |cause| JournalError::Io { path: path.to_path_buf(), cause };
         let file = File::create(path).map_err(io)?;
-        let mut w = JournalWriter { path: path.to_path_buf(), out: BufWriter::new(file), failed: false };
+        let mut w = JournalWriter {
+            path: path.to_path_buf(),
+            out: BufWriter::new(file),
+            last_table: None,
+            failed: false,
+        };
         let header = Header { bpfsight_recording: VERSION, source: source.to_string(), started_at };
         serde_json::to_writer(&mut w.out, &header).map_err(|e| io(e.into()))?;
         w.out.write_all(b"\n").map_err(io)?;
@@ -158,9 +165,12 @@ impl JournalWriter {
         self.line(&Line::Event(e.clone()));
     }
 
-    /// Records [`Store::set_processes`].
+    /// Records [`Store::set_processes`], if the table changed since the last one recorded.
     pub fn procs(&mut self, p: &ProcessTable) {
-        self.line(&Line::Procs(p.clone()));
+        if self.last_table.as_ref() != Some(p) {
+            self.line(&Line::Procs(p.clone()));
+            self.last_table = Some(p.clone());
+        }
     }
 
     /// Records [`Store::tick`] with the health at that moment, and flushes.

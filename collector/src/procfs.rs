@@ -132,7 +132,6 @@ pub(crate) struct ProcfsPoller {
     prev_oom: Option<u64>,
     ns_per_tick: u64,
     journal: Option<JournalWriter>,
-    last_table: procs::ProcessTable,
 }
 
 impl ProcfsPoller {
@@ -147,7 +146,6 @@ impl ProcfsPoller {
             prev_oom: oom_kills(),
             ns_per_tick: 1_000_000_000 / hz,
             journal,
-            last_table: procs::ProcessTable::default(),
         }
     }
 
@@ -259,11 +257,8 @@ impl ProcfsPoller {
             }
             store.tick(now);
             if let Some(t) = table {
-                if let Some(j) = self.journal.as_mut()
-                    && t != self.last_table
-                {
+                if let Some(j) = self.journal.as_mut() {
                     j.procs(&t);
-                    self.last_table = t.clone();
                 }
                 store.set_processes(t);
             }
