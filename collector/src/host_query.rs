@@ -488,6 +488,22 @@ impl Store {
         })
     }
 
+    /// Whole-host counters of one service, or summed over every service (`None`), over the
+    /// window.
+    pub fn host_counters(&self, service: Option<&str>, window: Window) -> Result<HostCounters, QueryError> {
+        let secs = window.secs();
+        match service {
+            Some(name) => Ok(self.host_of(&self.known_service(name)?, secs)),
+            None => {
+                let mut out = HostCounters::default();
+                for st in self.services.values() {
+                    out.merge(&st.host_window(self.now, secs));
+                }
+                Ok(out)
+            }
+        }
+    }
+
     /// Discrete events, newest first, a page at a time.
     pub fn events(&self, q: &EventQuery) -> Result<EventPage, QueryError> {
         let service = q.service.as_deref().map(|s| self.known_service(s)).transpose()?;

@@ -4,7 +4,8 @@
 //! Until per-service baselines exist (the predictor's job), deviations are absolute severities
 //! on the schema's scale (0 normal, 1 noticeable, 3 severe, 5 extreme), from rates that are
 //! abnormal on any host: retransmits as a share of sends, failed connects as a share of
-//! attempts, resets and new connections per unit of time. Features the collector does not
+//! attempts, resets and new connections per unit of time, run-queue / IO / handshake p99s,
+//! failed syscalls by errno class, OOM kills and failed exits. Features the collector does not
 //! measure yet are listed as such, so a reader knows a 0 there means "unknown", not "normal".
 
 use std::collections::BTreeMap;
@@ -15,14 +16,34 @@ use bpfsight_collector::Window;
 use bpfsight_collector::query::{ConnectionQuery, MAX_LIMIT, QueryError};
 use serde::Serialize;
 
-/// The features this build measures live.
+/// The features this build measures live (from eBPF; with `--source procfs` the host-level
+/// ones read 0).
 pub const MEASURED: &[Feature] = &[
     Feature::Retransmits,
     Feature::FailedConnects,
     Feature::ResetsReceived,
     Feature::ResetsSent,
     Feature::ConnectionChurn,
+    Feature::ConnectLatency,
+    Feature::RunqueueDelay,
+    Feature::CpuUsage,
+    Feature::IoLatency,
+    Feature::SyscallErrorsNetwork,
+    Feature::SyscallErrorsFile,
+    Feature::SyscallErrorsResource,
+    Feature::MemoryGrowth,
+    Feature::OomKills,
+    Feature::ProcessRestarts,
+    Feature::ContextSwitches,
 ];
+
+/// Errnos of failed network syscalls: ECONNREFUSED, ETIMEDOUT, EHOSTUNREACH, ENETUNREACH,
+/// ECONNRESET, EPIPE, ECONNABORTED.
+const NETWORK_ERRNOS: &[u32] = &[111, 110, 113, 101, 104, 32, 103];
+/// Errnos of failed file syscalls: ENOENT, EACCES, EIO, EPERM, EROFS.
+const FILE_ERRNOS: &[u32] = &[2, 13, 5, 1, 30];
+/// Errnos of exhausted resources: EMFILE, ENFILE, ENOMEM, ENOSPC, EADDRNOTAVAIL, EDQUOT.
+const RESOURCE_ERRNOS: &[u32] = &[24, 23, 12, 28, 99, 122];
 
 /// What a live signature was made of, for the caller to check.
 #[derive(Clone, Debug, Serialize)]
@@ -56,6 +77,20 @@ pub struct Counts {
     pub retransmits: u64,
     /// sendmsg calls that sent data.
     pub sends: u64,
+    /// Run-queue delay p99, ms.
+    pub runqueue_p99_ms: Option<f64>,
+    /// Block IO latency p99, ms.
+    pub io_p99_ms: Option<f64>,
+    /// TCP handshake p99, ms.
+    pub connect_p99_ms: Option<f64>,
+    /// On-CPU time as a share of one CPU, percent.
+    pub cpu_pct: f64,
+    /// Failed network / file / resource syscalls (benign ones excluded).
+    pub syscall_errors: [u64; 3],
+    /// OOM kills.
+    pub oom_kills: u64,
+    /// Failed exits.
+    pub failed_exits: u64,
 }
 
 /// `5 * log(x / low) / log(high / low)`, clipped to 0..=5: `low` is where a rate starts to be
@@ -85,7 +120,26 @@ pub fn live(
         c.retransmits += s.retransmits;
         c.sends += s.sends;
     }
-    let minutes = (window.secs() as f64 / 60.0).max(1.0 / 60.0);
+    let h = store.host_counters(service, window)?;
+    let secs = window.secs() as f64;
+    let minutes = (secs / 60.0).max(1.0 / 60.0);
+    c.runqueue_p99_ms = h.runq.percentile_ms(99.0);
+    c.io_p99_ms = h.io_lat.percentile_ms(99.0);
+    c.connect_p99_ms = h.connect.percentile_ms(99.0);
+    c.cpu_pct = 100.0 * h.oncpu_ns as f64 / (secs * 1e9);
+    for &(nr, errno, n) in &h.syscall_errors {
+        // A timed futex wait that times out is ETIMEDOUT too, and not a network error.
+        if bpfsight_collector::names::is_benign(nr, errno) {
+            continue;
+        }
+        for (i, class) in [NETWORK_ERRNOS, FILE_ERRNOS, RESOURCE_ERRNOS].iter().enumerate() {
+            if class.contains(&errno) {
+                c.syscall_errors[i] += n;
+            }
+        }
+    }
+    c.oom_kills = h.oom_kills;
+    c.failed_exits = h.failed_exits;
     let mut sig = Signature::default();
     // Two retransmits are noise; a share of sends from 0.1% (noticeable) to 20% (extreme).
     if c.retransmits >= 3 {
@@ -98,6 +152,31 @@ pub fn live(
     sig.set(Feature::ResetsReceived, severity(c.resets_received as f64 / minutes, 0.5, 300.0));
     sig.set(Feature::ResetsSent, severity(c.resets_sent as f64 / minutes, 0.5, 300.0));
     sig.set(Feature::ConnectionChurn, severity(c.opened as f64 / minutes, 60.0, 60_000.0));
+    // Latencies: from where users start to feel them to where requests time out.
+    sig.set(Feature::ConnectLatency, severity(c.connect_p99_ms.unwrap_or(0.0), 10.0, 3_000.0));
+    sig.set(Feature::RunqueueDelay, severity(c.runqueue_p99_ms.unwrap_or(0.0), 2.0, 500.0));
+    sig.set(Feature::IoLatency, severity(c.io_p99_ms.unwrap_or(0.0), 20.0, 2_000.0));
+    sig.set(Feature::CpuUsage, severity(c.cpu_pct, 80.0, 800.0));
+    sig.set(
+        Feature::ContextSwitches,
+        severity((h.vol_switches + h.invol_switches) as f64 / secs, 5_000.0, 500_000.0),
+    );
+    // 100 MB/s of fresh pages is noticeable, 10 GB/s extreme.
+    sig.set(Feature::MemoryGrowth, severity(h.page_allocs as f64 / secs, 25_000.0, 2_500_000.0));
+    let [net, file, res] = c.syscall_errors;
+    if net > 0 {
+        sig.set(Feature::SyscallErrorsNetwork, severity(net as f64 / minutes, 0.5, 3_000.0).max(1.0));
+    }
+    sig.set(Feature::SyscallErrorsFile, severity(file as f64 / secs, 5.0, 5_000.0));
+    if res > 0 {
+        sig.set(Feature::SyscallErrorsResource, severity(res as f64 / minutes, 0.2, 600.0).max(1.0));
+    }
+    if c.oom_kills > 0 {
+        sig.set(Feature::OomKills, (3.0 + c.oom_kills as f32).min(5.0));
+    }
+    if c.failed_exits > 0 {
+        sig.set(Feature::ProcessRestarts, severity(c.failed_exits as f64 / minutes, 0.1, 60.0).max(1.0));
+    }
     let summary = SignatureSummary {
         scope: service.map_or_else(|| "host".to_string(), |s| s.to_string()),
         window_s: window.secs(),
