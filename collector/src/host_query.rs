@@ -27,6 +27,16 @@ impl LatencyKind {
     /// Accepted names.
     pub const NAMES: &'static str = "runqueue, io, syscall, connect";
 
+    /// The wire name (`runqueue`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LatencyKind::Runqueue => "runqueue",
+            LatencyKind::Io => "io",
+            LatencyKind::Syscall => "syscall",
+            LatencyKind::Connect => "connect",
+        }
+    }
+
     /// Parses a name.
     pub fn parse(s: &str) -> Result<LatencyKind, QueryError> {
         match s {

@@ -86,8 +86,7 @@ pub(crate) fn errors(r: &ErrorReport) -> String {
 }
 
 pub(crate) fn latency(r: &LatencyReport) -> String {
-    let kind =
-        serde_json::to_value(r.kind).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+    let kind = r.kind.as_str();
     if r.services.is_empty() {
         return format!(
             "no service has {kind} latency p{} at or above {} ms in the last {}s",
