@@ -76,7 +76,7 @@ def session_run(url, token, fn):
 def test_python_sdk_over_streamable_http_with_a_token_sees_real_kernel_data(http_server):
     async def body(s):
         tools = {t.name for t in (await s.list_tools()).tools}
-        assert tools == {"list_services", "get_connection_stats", "get_service_errors", "get_high_latency_services", "get_resource_usage", "get_events", "similar_incidents", "get_incident"}
+        assert tools == {"list_services", "get_connection_stats", "get_service_errors", "get_high_latency_services", "get_resource_usage", "get_events", "similar_incidents", "get_incident", "predict_anomaly"}
         w = Workload("refused", "http-refuse", 47120, count=5)
         await anyio.to_thread.run_sync(w.wait)
         await settle()
@@ -156,7 +156,7 @@ def test_cli_call_prints_results_and_fails_on_bad_arguments():
                           "--collect", "1s"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and 'invalid window "5x"' in bad.stderr and bad.stdout == ""
     tools = subprocess.run([bpfsight_bin(), "tools"], capture_output=True, text=True, timeout=30)
-    assert {t["name"] for t in json.loads(tools.stdout)} == {"list_services", "get_connection_stats", "get_service_errors", "get_high_latency_services", "get_resource_usage", "get_events", "similar_incidents", "get_incident"}
+    assert {t["name"] for t in json.loads(tools.stdout)} == {"list_services", "get_connection_stats", "get_service_errors", "get_high_latency_services", "get_resource_usage", "get_events", "similar_incidents", "get_incident", "predict_anomaly"}
 
 
 def test_python_sdk_over_legacy_sse_transport(http_server):

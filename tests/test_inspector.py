@@ -26,12 +26,18 @@ def inspector(*args, tmp_path):
 def test_inspector_lists_and_calls_tools_over_stdio(tmp_path):
     out = inspector(bpfsight_bin(), "serve", "--method", "tools/list", tmp_path=tmp_path)
     tools = {t["name"]: t for t in out["tools"]}
-    assert set(tools) == {"list_services", "get_connection_stats", "get_service_errors", "get_high_latency_services", "get_resource_usage", "get_events", "similar_incidents", "get_incident"}
+    assert set(tools) == {"list_services", "get_connection_stats", "get_service_errors", "get_high_latency_services", "get_resource_usage", "get_events", "similar_incidents", "get_incident", "predict_anomaly"}
     assert tools["get_service_errors"]["annotations"]["readOnlyHint"] is True
     res = inspector(bpfsight_bin(), "serve", "--method", "tools/call", "--tool-name", "get_connection_stats",
                     "--tool-arg", "window=30s", tmp_path=tmp_path)
     assert res["isError"] is False
     assert res["structuredContent"]["window_s"] == 30
+    res = inspector(bpfsight_bin(), "serve", "--method", "tools/call", "--tool-name", "predict_anomaly",
+                    "--tool-arg", "horizon=10s", tmp_path=tmp_path)
+    assert res["isError"] is False
+    p = res["structuredContent"]
+    assert p["service"] == "host" and p["horizon_s"] == 10 and p["detector"] in ("robust-z", "lstm"), p
+    assert p["model"]["state"] in ("collecting", "trained"), p["model"]
 
 
 def test_inspector_over_streamable_http_with_a_token(tmp_path):

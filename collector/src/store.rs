@@ -421,6 +421,17 @@ pub struct Health {
     pub services_evicted: u64,
 }
 
+/// One service's activity over a few seconds, from [`Store::activity`].
+#[derive(Clone, Debug)]
+pub struct Activity {
+    /// The service.
+    pub service: ServiceId,
+    /// Whole-host counters.
+    pub host: HostCounters,
+    /// TCP counters.
+    pub tcp: TcpCounters,
+}
+
 /// The collector's memory: per-service series, events, the live process table, health.
 #[derive(Default)]
 pub struct Store {
@@ -548,6 +559,35 @@ impl Store {
         self.cmdlines = procs.cmdlines;
         self.rss = procs.rss;
         self.exes = procs.exes;
+    }
+
+    /// The second the latest data belongs to (Unix seconds).
+    pub fn now(&self) -> u64 {
+        self.now
+    }
+
+    /// What every service did in the seconds `(from, to]` (at most the one-second ring's
+    /// span), services with no activity there left out: the per-step input of the predictor.
+    pub fn activity(&self, from: u64, to: u64) -> Vec<Activity> {
+        let secs = to.saturating_sub(from).clamp(1, FINE_SLOTS);
+        let mut out = Vec::new();
+        for (id, st) in &self.services {
+            if st.last_seen <= from {
+                continue;
+            }
+            let mut host = HostCounters::default();
+            for slot in st.host.fine.window(to, secs) {
+                slot.add_to(&mut host);
+            }
+            let mut tcp = TcpCounters::default();
+            for slot in st.tcp.fine.window(to, secs) {
+                tcp += slot.total;
+            }
+            if !host.is_zero() || !tcp.is_zero() {
+                out.push(Activity { service: id.clone(), host, tcp });
+            }
+        }
+        out
     }
 
     /// Mutable access to health counters, for the collector.

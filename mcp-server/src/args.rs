@@ -99,6 +99,32 @@ pub struct HighLatencyArgs {
     pub limit: Option<i64>,
 }
 
+/// Arguments of `predict_anomaly`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PredictArgs {
+    /// A service name from list_services; omit for the whole host plus the services scoring highest.
+    pub service: Option<String>,
+    /// How far ahead to forecast: "10s" to "5m". Default "1m".
+    pub horizon: Option<String>,
+    /// Recent span judged (the worst second in it is reported): "1s" to "5m". Default "30s".
+    pub window: Option<String>,
+}
+
+/// Parses a duration argument of `predict_anomaly` within `min..=max` seconds.
+pub fn seconds(field: &str, v: Option<&str>, default: u64, min: u64, max: u64) -> Result<u64, ErrorData> {
+    let Some(v) = v else { return Ok(default) };
+    let secs =
+        v.parse::<Window>().map_err(|e| ErrorData::invalid_params(format!("{field}: {e}"), None))?.secs();
+    if !(min..=max).contains(&secs) {
+        return Err(ErrorData::invalid_params(
+            format!("{field} {v:?} is {secs}s; allowed {min}s to {max}s, e.g. \"{}s\"", default),
+            None,
+        ));
+    }
+    Ok(secs)
+}
+
 /// Which resource `get_resource_usage` reports.
 #[derive(Debug, Clone, Copy, Default, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]

@@ -11,6 +11,7 @@ pub mod config;
 pub mod http;
 pub mod incidents;
 pub mod metrics;
+pub mod predict;
 pub mod redact;
 pub mod server;
 pub mod sse;

@@ -51,6 +51,45 @@ enum Command {
     /// Collect and write everything the collector sees to a recording, which
     /// `--source replay:FILE` serves later as if live (to share an incident, or test exactly).
     Record(RecordArgs),
+    /// Score the anomaly detectors on labelled data.
+    #[command(subcommand)]
+    Eval(EvalCommand),
+}
+
+#[derive(Subcommand)]
+enum EvalCommand {
+    /// Run the LSTM and the robust z-score baseline on a NAB-format data set and print
+    /// point-wise precision / recall / F1, event recall, false alarms per day and the NAB
+    /// standard-profile score, per category and overall.
+    Nab(EvalNabArgs),
+}
+
+#[derive(Args)]
+struct EvalNabArgs {
+    /// Directory of `<category>/<name>.csv` files (`timestamp,value`).
+    #[arg(long, value_name = "DIR")]
+    data: PathBuf,
+    /// Anomaly windows, NAB's `combined_windows.json` format.
+    #[arg(long, value_name = "FILE")]
+    labels: PathBuf,
+    /// Print the full report as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Only series whose `category/name.csv` contains this.
+    #[arg(long)]
+    only: Option<String>,
+    /// Run the baseline alone (seconds instead of minutes).
+    #[arg(long)]
+    baseline_only: bool,
+    /// Points between LSTM retrains.
+    #[arg(long, default_value_t = 2000)]
+    retrain_every: usize,
+    /// LSTM training epochs.
+    #[arg(long, default_value_t = 12)]
+    epochs: usize,
+    /// Worker threads (default: one per CPU).
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
 #[derive(Args)]
@@ -245,6 +284,12 @@ struct ServeArgs {
     /// Also record everything collected to this file, for `--source replay:FILE` later.
     #[arg(long, value_name = "PATH")]
     record: Option<PathBuf>,
+    /// History the anomaly predictor collects before training its first LSTM (e.g. "10m").
+    #[arg(long, value_name = "DURATION", default_value = "10m")]
+    train_after: String,
+    /// Interval between LSTM retrains on the newest history (e.g. "1h").
+    #[arg(long, value_name = "DURATION", default_value = "1h")]
+    retrain_every: String,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -296,6 +341,7 @@ fn main() -> ExitCode {
         Command::Call(a) => rt.block_on(call(a)),
         Command::Config(ConfigCommand::Check(a)) => config_check(a),
         Command::Record(a) => rt.block_on(record(a)),
+        Command::Eval(EvalCommand::Nab(a)) => eval_nab(a),
     };
     match outcome {
         Ok(code) => code,
@@ -304,6 +350,34 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn eval_nab(a: EvalNabArgs) -> anyhow::Result<ExitCode> {
+    use bpfsight_predictor::nab;
+    let mut series = nab::load(&a.data, &a.labels)?;
+    if let Some(only) = &a.only {
+        series.retain(|s| s.key.contains(only.as_str()));
+        if series.is_empty() {
+            bail!("no series matches --only {only:?}");
+        }
+    }
+    let mut cfg = nab::EvalConfig {
+        baseline_only: a.baseline_only,
+        retrain_every: a.retrain_every.max(100),
+        ..Default::default()
+    };
+    cfg.model.epochs = a.epochs.max(1);
+    if let Some(t) = a.threads {
+        cfg.threads = t.max(1);
+    }
+    tracing::info!(series = series.len(), "evaluating");
+    let report = nab::evaluate(&a.data, &series, &cfg)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.table());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Flags over environment over the config file over defaults.
@@ -521,7 +595,9 @@ async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     let data = Data::open(&a.common.source, a.record.clone())?;
     let casebase = open_casebase(&s).await?;
-    let server = BpfsightServer::with_policy(data.store(), policy)?.with_casebase(casebase);
+    let predictor = start_predictor(&s, &data, &a.train_after, &a.retrain_every)?;
+    let server =
+        BpfsightServer::with_policy(data.store(), policy)?.with_casebase(casebase).with_predictor(predictor);
     if let Some(addr) = s.metrics_listen {
         let exporter = bpfsight::metrics::Exporter {
             metrics: server.metrics(),
@@ -549,6 +625,25 @@ async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     drop(data);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Starts the anomaly predictor on `data`, its model kept in `<data_dir>/predictor`.
+fn start_predictor(
+    s: &Settings,
+    data: &Data,
+    train_after: &str,
+    retrain_every: &str,
+) -> anyhow::Result<Arc<bpfsight::predict::Predictor>> {
+    let dur = |flag: &str, v: &str| -> anyhow::Result<usize> {
+        let w: Window = v.parse().map_err(|e| anyhow::anyhow!("{flag}: {e}"))?;
+        Ok(w.secs() as usize)
+    };
+    let mut cfg = bpfsight_predictor::engine::EngineConfig::default();
+    cfg.first_training_after = dur("--train-after", train_after)?.max(cfg.model.window + 30);
+    cfg.retrain_every = dur("--retrain-every", retrain_every)?.max(60);
+    let predictor = bpfsight::predict::Predictor::new(Some(s.data_dir.join("predictor")), cfg);
+    predictor.spawn(data.store());
+    Ok(predictor)
 }
 
 async fn record(a: RecordArgs) -> anyhow::Result<ExitCode> {
@@ -605,11 +700,14 @@ async fn call(a: CallArgs) -> anyhow::Result<ExitCode> {
     let policy = policy_from(&s)?; // refuse a bad policy before collecting
     let data = Data::open(&a.common.source, None)?;
     let casebase = open_casebase(&s).await?;
+    // The saved model answers at once; a short collect is too short to train one.
+    let predictor = start_predictor(&s, &data, "7d", "7d")?;
     if data.is_live() {
         tokio::time::sleep(Duration::from_secs(collect.secs()) + Duration::from_millis(1100)).await;
     }
     // The call goes through the real MCP server and client, over an in-process pipe.
-    let server = BpfsightServer::with_policy(data.store(), policy)?.with_casebase(casebase);
+    let server =
+        BpfsightServer::with_policy(data.store(), policy)?.with_casebase(casebase).with_predictor(predictor);
     let (server_io, client_io) = tokio::io::duplex(1 << 20);
     let server_task = tokio::spawn(async move {
         if let Ok(running) = server.serve(server_io).await {

@@ -22,8 +22,8 @@ use bpfsight_casebase::{CaseBase, Filter, NewIncident, Query, Source, TimeRange}
 
 use crate::args::{
     self, Args, ConnectionStatsArgs, EventKindArg, EventsArgs, GetIncidentArgs, HighLatencyArgs,
-    IncidentSource, LatencyKindArg, ListServicesArgs, RecordIncidentArgs, ResourceArg, ResourceUsageArgs,
-    ServiceErrorsArgs, SimilarIncidentsArgs,
+    IncidentSource, LatencyKindArg, ListServicesArgs, PredictArgs, RecordIncidentArgs, ResourceArg,
+    ResourceUsageArgs, ServiceErrorsArgs, SimilarIncidentsArgs,
 };
 use crate::audit::{AuditLog, AuditRecord, now_rfc3339};
 use crate::auth::{Principal, Role};
@@ -85,6 +85,7 @@ pub struct UnknownTool {
 pub struct BpfsightServer {
     store: Arc<RwLock<Store>>,
     casebase: Option<Arc<CaseBase>>,
+    predictor: Option<Arc<crate::predict::Predictor>>,
     tool_router: ToolRouter<Self>,
     policy: Arc<Policy>,
 }
@@ -141,12 +142,18 @@ impl BpfsightServer {
                 tool_router.disable_route(name.clone());
             }
         }
-        Ok(BpfsightServer { store, casebase: None, tool_router, policy: Arc::new(policy) })
+        Ok(BpfsightServer { store, casebase: None, predictor: None, tool_router, policy: Arc::new(policy) })
     }
 
     /// Answers the incident tools from `casebase`; without one they report it missing.
     pub fn with_casebase(mut self, casebase: Arc<CaseBase>) -> Self {
         self.casebase = Some(casebase);
+        self
+    }
+
+    /// Answers `predict_anomaly` from `predictor`; without one it reports it missing.
+    pub fn with_predictor(mut self, predictor: Arc<crate::predict::Predictor>) -> Self {
+        self.predictor = Some(predictor);
         self
     }
 
@@ -355,6 +362,34 @@ returned next_cursor. Returns {events: [{seq, time_ms, kind, service, pid, ...}]
         };
         let page = self.read()?.events(&q).map_err(args::invalid)?;
         result(&page, summary::events(&page))
+    }
+
+    #[tool(
+        description = "Is this host (or one service) behaving abnormally, and where is it heading? Judges every \
+second of the last `window` (default 30s) on eight per-second features (run-queue delay p99, page allocations/s, \
+TCP retransmits/s, block IO latency p99, context switches/s, failed syscalls/s, failed connects/s, CPU %) against \
+what the detector expected: an LSTM forecaster trained in the background on this host's own history (after 10 \
+minutes by default, retrained hourly), or before that a rolling robust z-score. The threshold is calibrated on \
+the scope's recent scores (extreme-value fit), not a constant. Without `service`: the host plus the 5 services \
+scoring highest. Returns {service, detector (lstm|robust-z), is_anomaly, score, threshold, at, contributors: \
+[{feature, value, expected, z, share}], forecast: [{feature, unit, values (one per second over `horizon`, default \
+1m), threshold, crosses_at (seconds until the forecast reaches the threshold)}], services?, model: {state, samples, \
+trained_at, val_error, ...}}.",
+        input_schema = schema_for_type::<PredictArgs>(),
+        annotations(title = "Predict anomalies", read_only_hint = true, destructive_hint = false, idempotent_hint = true, open_world_hint = false)
+    )]
+    async fn predict_anomaly(&self, Args(a): Args<PredictArgs>) -> Result<CallToolResult, ErrorData> {
+        let horizon = args::seconds("horizon", a.horizon.as_deref(), 60, 10, 300)?;
+        let window = args::seconds("window", a.window.as_deref(), 30, 1, 300)?;
+        let service = non_empty("service", a.service)?;
+        let predictor = self.predictor.as_ref().ok_or_else(|| {
+            ErrorData::internal_error("the anomaly predictor does not run in this server", None)
+        })?;
+        let p = predictor
+            .predict(service.as_deref(), horizon, window)
+            .map_err(|e| ErrorData::invalid_params(e.to_string(), None))?;
+        let text = summary::prediction(&p);
+        result(&p, text)
     }
 
     #[tool(

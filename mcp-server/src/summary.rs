@@ -151,3 +151,31 @@ pub(crate) fn events(p: &EventPage) -> String {
     }
     s
 }
+
+/// One line on a prediction: the verdict, the main contributor, the first forecast crossing.
+pub fn prediction(p: &crate::predict::Prediction) -> String {
+    let verdict = if p.is_anomaly { "ANOMALY" } else { "normal" };
+    let threshold = p.threshold.map_or_else(|| "calibrating".to_string(), |t| format!("{t:.1}"));
+    let mut out = format!(
+        "{}: {verdict} by {} (score {:.1}, threshold {threshold}; model {:?}, {} s seen)",
+        p.service, p.detector, p.score, p.model.state, p.model.samples
+    );
+    if let Some(c) = p.contributors.first() {
+        out.push_str(&format!(
+            "; mostly {} = {:.3} (expected {:.3}, z {:.1})",
+            c.feature, c.value, c.expected, c.z
+        ));
+    }
+    if let Some(f) = p.forecast.iter().filter(|f| f.crosses_at.is_some()).min_by_key(|f| f.crosses_at) {
+        out.push_str(&format!(
+            "; {} forecast to reach {} in {} s",
+            f.feature,
+            f.threshold.unwrap_or_default(),
+            f.crosses_at.unwrap_or_default()
+        ));
+    }
+    if let Some(s) = p.services.as_ref().and_then(|v| v.iter().find(|s| s.judgement.is_anomaly)) {
+        out.push_str(&format!("; service {} is anomalous", s.service));
+    }
+    out
+}

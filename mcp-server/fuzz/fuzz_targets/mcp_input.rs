@@ -5,7 +5,7 @@
 
 use bpfsight::args::{
     ConnectionStatsArgs, EventsArgs, GetIncidentArgs, HighLatencyArgs, ListServicesArgs, RecordIncidentArgs,
-    ResourceUsageArgs, ServiceErrorsArgs, SimilarIncidentsArgs, limit, top_k, window,
+    PredictArgs, ResourceUsageArgs, ServiceErrorsArgs, SimilarIncidentsArgs, limit, seconds, top_k, window,
 };
 use bpfsight_casebase::{HashedEmbedder, NewIncident, Signature};
 use bpfsight::auth::Tokens;
@@ -17,6 +17,9 @@ use libfuzzer_sys::fuzz_target;
 use rmcp::model::ClientJsonRpcMessage;
 
 // Compiling the patterns is the expensive part; do it once, not per input.
+static PREDICTOR: std::sync::LazyLock<std::sync::Arc<bpfsight::predict::Predictor>> = std::sync::LazyLock::new(|| {
+    bpfsight::predict::Predictor::new(None, bpfsight_predictor::engine::EngineConfig::default())
+});
 static REDACTOR: std::sync::LazyLock<Redactor> =
     std::sync::LazyLock::new(|| Redactor::new(Treatment::Hash, Treatment::Mask, (7, 9)));
 
@@ -84,6 +87,14 @@ fuzz_target!(|data: &[u8]| {
         let _ = new.validate();
     }
     let _ = serde_json::from_slice::<GetIncidentArgs>(data);
+    if let Ok(a) = serde_json::from_slice::<PredictArgs>(data)
+        && let (Ok(h), Ok(w)) = (seconds("horizon", a.horizon.as_deref(), 60, 10, 300), seconds("window", a.window.as_deref(), 30, 1, 300))
+    {
+        let _ = PREDICTOR.predict(a.service.as_deref(), h, w);
+    }
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = bpfsight_predictor::nab::parse_time(text);
+    }
     if let Ok(sig) = serde_json::from_slice::<Signature>(data) {
         assert!(sig.as_slice().iter().all(|v| v.is_finite() && v.abs() <= 5.0));
     }
