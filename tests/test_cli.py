@@ -2,6 +2,7 @@
 import json
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -49,3 +50,43 @@ def test_stdout_carries_only_protocol_frames():
     for l in lines:
         assert json.loads(l)["jsonrpc"] == "2.0"
     assert "collector started" in p.stderr
+
+
+NAB = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "nab"
+
+
+def test_eval_nab_scores_both_detectors_on_real_series_and_refuses_bad_input(tmp_path):
+    if not NAB.exists():
+        pytest.fail(f"the NAB data set is expected at {NAB} (../shared/datasets/nab)")
+    p = subprocess.run(
+        [bpfsight_bin(), "eval", "nab", "--data", str(NAB / "data"), "--labels", str(NAB / "combined_windows.json"),
+         "--only", "realKnownCause/ec2_request_latency", "--json"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    r = json.loads(p.stdout)
+    assert r["series"] == 1 and r["points"] > 3000 and r["trainings"] >= 1
+    assert [d["detector"] for d in r["detectors"]] == ["robust-z", "lstm"]
+    for d in r["detectors"]:
+        m = d["overall"]
+        assert set(m) >= {"precision", "recall", "f1", "event_recall", "false_alarms_per_day", "nab_score"}
+        assert m["tally"]["windows"] == 3, m["tally"]
+        assert 0 <= m["precision"] <= 1 and 0 <= m["event_recall"] <= 1 and m["nab_score"] <= 100
+    # The LSTM's windows were caught on this series (system failure with a clear latency change).
+    assert r["detectors"][1]["overall"]["tally"]["windows_caught"] >= 1, r["detectors"][1]["overall"]
+
+    table = subprocess.run(
+        [bpfsight_bin(), "eval", "nab", "--data", str(NAB / "data"), "--labels", str(NAB / "combined_windows.json"),
+         "--only", "realKnownCause/ec2_request_latency", "--baseline-only"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert table.returncode == 0 and "robust-z" in table.stdout and "NAB" in table.stdout, table
+
+    bad = tmp_path / "windows.json"
+    bad.write_text("{not json")
+    for labels, needle in [(tmp_path / "missing.json", "missing.json"), (bad, "not NAB windows JSON")]:
+        e = subprocess.run(
+            [bpfsight_bin(), "eval", "nab", "--data", str(NAB / "data"), "--labels", str(labels)],
+            capture_output=True, text=True, timeout=60,
+        )
+        assert e.returncode == 1 and needle in e.stderr and "panicked" not in e.stderr, e.stderr
