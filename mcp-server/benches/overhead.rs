@@ -7,10 +7,11 @@
 //! 4. a syscall-heavy load (failing opens on every core) with the collector attached vs
 //!    detached, and how many syscall events per second the programs absorb;
 //! 5. the real binary's resident memory while 1,000 live processes (each its own service)
-//!    wake up, switch and fail syscalls.
+//!    wake up, switch and fail syscalls;
+//! 6. the collector's poll rate while the anomaly model trains beside it on busy cores.
 //!
 //! Run: `cargo bench -p bpfsight --bench overhead` (prints a report; not a test);
-//! `BENCH_ONLY=costs,throughput,tools,syscalls,rss` runs a subset.
+//! `BENCH_ONLY=costs,throughput,tools,syscalls,rss,training` runs a subset.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -60,6 +61,82 @@ fn main() {
     if want("rss") {
         rss_under_processes(1000);
     }
+    if want("training") {
+        training_vs_collector();
+    }
+}
+
+/// The collector's one-second poll while all cores but one are busy, without and then with an LSTM
+/// training at nice 19 beside it (the default first training: 20 scopes x 10 minutes).
+fn training_vs_collector() {
+    use bpfsight_predictor::{LstmModel, Schema, engine::EngineConfig};
+    let collector = Collector::start(CollectorConfig::default()).expect("start collector");
+    let store = collector.store().clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    // All cores but one busy: the trainer and the collector share the last one.
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let hogs: Vec<_> = (0..cores.saturating_sub(1).max(1))
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            })
+        })
+        .collect();
+    // Polls seen and the longest gap between two, over `secs` or until `done`.
+    let watch = |secs: f64, done: &AtomicBool| {
+        let start = Instant::now();
+        let (mut polls, mut last, mut last_at, mut worst) = (0u32, 0u64, Instant::now(), 0f64);
+        while start.elapsed().as_secs_f64() < secs && !done.load(Ordering::Relaxed) {
+            let p = store.read().map(|s| s.health().last_poll).unwrap_or(0);
+            if p != last {
+                if last != 0 {
+                    polls += 1;
+                    worst = worst.max(last_at.elapsed().as_secs_f64());
+                }
+                last = p;
+                last_at = Instant::now();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        (polls, start.elapsed().as_secs_f64(), worst)
+    };
+    let never = AtomicBool::new(false);
+    let (p0, t0, w0) = watch(15.0, &never);
+    let schema = Schema::host();
+    let cfg = EngineConfig::default();
+    let series: Vec<Vec<Vec<f32>>> = (0..20)
+        .map(|k| {
+            (0..cfg.first_training_after)
+                .map(|i| (0..8).map(|j| (((i * 7 + j * 13 + k) % 17) as f32 / 8.0) - 1.0).collect())
+                .collect()
+        })
+        .collect();
+    let trained = Arc::new(AtomicBool::new(false));
+    let flag = trained.clone();
+    let trainer = std::thread::spawn(move || {
+        // SAFETY: setpriority on the calling thread, as bpfsight's trainer does.
+        unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
+        let refs: Vec<&[Vec<f32>]> = series.iter().map(|s| s.as_slice()).collect();
+        let t = Instant::now();
+        let m = LstmModel::train(&schema, &refs, &cfg.model, 0).expect("train");
+        flag.store(true, Ordering::Relaxed);
+        (m.meta().windows, t.elapsed().as_secs_f64())
+    });
+    let (p1, t1, w1) = watch(600.0, &trained);
+    let (windows, secs) = trainer.join().expect("trainer");
+    stop.store(true, Ordering::Relaxed);
+    for h in hogs {
+        let _ = h.join();
+    }
+    println!(
+        "collector poll with {} of {cores} cores busy, without / with an LSTM training at nice 19 ({windows} windows, {secs:.1} s):",
+        cores.saturating_sub(1).max(1)
+    );
+    println!("  without: {:.2} polls/s, longest gap {:.2} s", p0 as f64 / t0, w0);
+    println!("  with:    {:.2} polls/s, longest gap {:.2} s", p1 as f64 / t1, w1);
 }
 
 /// One of the 1,000 processes: its own name, wakes every 250 ms, fails an open.
