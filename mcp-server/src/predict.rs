@@ -151,8 +151,12 @@ impl Predictor {
         let s = secs as f64;
         let mut rows = vec![(HOST.to_string(), features(&host_h, &host_t, s))];
         acts.sort_by_key(|a| std::cmp::Reverse(a.host.oncpu_ns + a.tcp.errors() * 1_000_000));
+        // A process named `host` (the DNS tool, say) must not be mixed into the host scope.
         rows.extend(
-            acts.iter().take(MAX_SERVICES).map(|a| (a.service.to_string(), features(&a.host, &a.tcp, s))),
+            acts.iter()
+                .filter(|a| a.service.as_str() != HOST)
+                .take(MAX_SERVICES)
+                .map(|a| (a.service.to_string(), features(&a.host, &a.tcp, s))),
         );
         let job = {
             let mut e = self.engine();

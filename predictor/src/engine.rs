@@ -274,9 +274,6 @@ impl Engine {
             if raw.len() != f {
                 continue;
             }
-            if name == HOST {
-                self.samples += 1;
-            }
             if !self.scopes.contains_key(&name) && self.scopes.len() >= self.cfg.max_scopes {
                 let victim = self.scopes.iter().filter(|(k, _)| *k != HOST).min_by_key(|(_, s)| s.last_t);
                 if let Some(v) = victim.map(|(k, _)| k.clone()) {
@@ -294,6 +291,10 @@ impl Engine {
                 judged: VecDeque::new(),
                 last_t: t,
             });
+            if !sc.raw.is_empty() && t <= sc.last_t {
+                // A repeated or late step would double-count a second.
+                continue;
+            }
             // Idle seconds of a service arrive as gaps: they are zeros, not missing data.
             let gap = t.saturating_sub(sc.last_t).saturating_sub(1).min(cfg.history as u64);
             for _ in 0..gap {
@@ -301,6 +302,9 @@ impl Engine {
             }
             sc.last_t = t;
             sc.append(raw.clone(), cfg.history);
+            if name == HOST {
+                self.samples += 1;
+            }
             let refit = match &sc.scaler {
                 None => sc.raw.len() >= 30,
                 Some(_) => sc.raw.len() == 300,
@@ -653,5 +657,9 @@ mod tests {
         e.push(10, vec![("svc".into(), row(1.0))]);
         e.push(15, vec![("svc".into(), row(1.0))]);
         assert_eq!(e.scopes["svc"].raw.len(), 6);
+        e.push(15, vec![("svc".into(), row(1.0)), (HOST.into(), row(1.0)), (HOST.into(), row(1.0))]);
+        assert_eq!(e.scopes["svc"].raw.len(), 6, "a repeated second is ignored");
+        assert_eq!(e.scopes[HOST].raw.len(), 1);
+        assert_eq!(e.status().samples, 1);
     }
 }
