@@ -61,21 +61,19 @@ fn sample(pid: Pid) -> Option<(String, u64, ProcSample)> {
     }
     if let Some(st) = read(&format!("/proc/{pid}/status")) {
         for line in st.lines() {
-            let val = |l: &str| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0);
             if line.starts_with("voluntary_ctxt_switches:") {
-                s.vol = val(line);
+                s.vol = second_field(line);
             } else if line.starts_with("nonvoluntary_ctxt_switches:") {
-                s.invol = val(line);
+                s.invol = second_field(line);
             }
         }
     }
     if let Some(io) = read(&format!("/proc/{pid}/io")) {
         for line in io.lines() {
-            let val = |l: &str| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0);
             if line.starts_with("read_bytes:") {
-                s.read_bytes = val(line);
+                s.read_bytes = second_field(line);
             } else if line.starts_with("write_bytes:") {
-                s.write_bytes = val(line);
+                s.write_bytes = second_field(line);
             }
         }
     }
@@ -270,6 +268,11 @@ impl ProcfsPoller {
             self.resolver.retain_live(&procs::alive);
         }
     }
+}
+
+/// The number after a `key:` in /proc's `status` and `io` files (`voluntary_ctxt_switches:  12`).
+fn second_field(line: &str) -> u64 {
+    line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
 #[cfg(test)]
