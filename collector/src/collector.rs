@@ -472,6 +472,7 @@ impl Poller {
             h.start_map_full = kc.start_map_full;
             h.host_stats_full = kc.host_stats_full;
             h.proc_ringbuf_drops = kc.proc_ringbuf_drops;
+            h.thread_slots_shared = kc.thread_slots_shared;
             if let Some(p) = procs {
                 if let Some(j) = self.journal.as_mut() {
                     j.procs(&p);

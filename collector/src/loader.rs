@@ -52,6 +52,8 @@ pub struct KernelCounters {
     pub host_stats_full: u64,
     /// OOM-kill and exit events lost because their ring buffer was full.
     pub proc_ringbuf_drops: u64,
+    /// Per-thread batches flushed early because two live threads shared a slot.
+    pub thread_slots_shared: u64,
 }
 
 /// Cost of one attached program, from the kernel's BPF statistics.
@@ -172,38 +174,81 @@ where
     out
 }
 
-impl Programs {
-    /// Loads the object and attaches the programs of `set`.
-    pub fn load(set: ProgramSet) -> Result<Self, CollectorError> {
-        let kernel_btf = crate::btf::Btf::from_sys_fs().map_err(|e| CollectorError::Unsupported {
+/// Where the fields the programs read directly sit in the running kernel's structs (byte
+/// offsets from its BTF), handed to the programs as `.rodata` constants.
+struct KernelLayout {
+    sk_protocol: u32,
+    syscall_nr: u32,
+    task_pid: u32,
+    task_exit_code: u32,
+    /// `task_struct.sched_info.run_delay`, `.pcount`, `.last_arrival`.
+    run_delay: u32,
+    pcount: u32,
+    last_arrival: u32,
+    /// `task_struct.se.sum_exec_runtime`.
+    sum_exec: u32,
+}
+
+impl KernelLayout {
+    fn from_sys_fs() -> Result<Self, CollectorError> {
+        let btf = crate::btf::Btf::from_sys_fs().map_err(|e| CollectorError::Unsupported {
             what: "kernel BTF (/sys/kernel/btf/vmlinux)".into(),
             hint: format!("{e}; bpfsight needs a kernel built with CONFIG_DEBUG_INFO_BTF=y"),
         })?;
-        let sk_protocol = kernel_btf.member_offset("sock", "sk_protocol").map_err(|e| {
-            CollectorError::Unsupported { what: "struct sock layout".into(), hint: e.to_string() }
-        })? as u32;
-        let task = |member: &str| {
-            kernel_btf.member_offset("task_struct", member).map(|o| o as u32).map_err(|e| {
-                CollectorError::Unsupported { what: "struct task_struct layout".into(), hint: e.to_string() }
+        let offset = |strukt: &str, member: &str| {
+            btf.member_offset(strukt, member).map(|o| o as u32).map_err(|e| CollectorError::Unsupported {
+                what: format!("struct {strukt} layout"),
+                hint: e.to_string(),
             })
         };
-        let (task_pid, task_tgid) = (task("pid")?, task("tgid")?);
-        // The scheduler programs read pid and tgid with one 8-byte load.
-        if task_tgid != task_pid + 4 {
-            return Err(CollectorError::Unsupported {
-                what: "struct task_struct layout".into(),
-                hint: format!("tgid at {task_tgid} does not follow pid at {task_pid}"),
-            });
-        }
-        let (task_comm, task_exit_code) = (task("comm")?, task("exit_code")?);
+        let sched_info = offset("task_struct", "sched_info")?;
+        Ok(KernelLayout {
+            sk_protocol: offset("sock", "sk_protocol")?,
+            // x86-64's saved syscall number; other architectures name it differently.
+            syscall_nr: offset("pt_regs", "orig_ax")?,
+            task_pid: offset("task_struct", "pid")?,
+            task_exit_code: offset("task_struct", "exit_code")?,
+            run_delay: sched_info + offset("sched_info", "run_delay")?,
+            pcount: sched_info + offset("sched_info", "pcount")?,
+            last_arrival: sched_info + offset("sched_info", "last_arrival")?,
+            sum_exec: offset("task_struct", "se")? + offset("sched_entity", "sum_exec_runtime")?,
+        })
+    }
+}
+
+/// Slots of the kernel's per-thread table: the power of two at or above `pid_max` (so every
+/// thread has its own), at most 32,768 (128 bytes each: 4 MiB of kernel memory at most).
+fn thread_slots() -> u32 {
+    const MAX: u32 = 32_768;
+    std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .map_or(MAX, |n| n.max(2).next_power_of_two().min(MAX))
+}
+
+impl Programs {
+    /// Loads the object and attaches the programs of `set`.
+    pub fn load(set: ProgramSet) -> Result<Self, CollectorError> {
+        // Resolved first, so the parsed BTF is freed before aya parses its own copy.
+        let layout = KernelLayout::from_sys_fs()?;
+        let aya_btf = aya::Btf::from_sys_fs().map_err(|e| CollectorError::load("kernel BTF", e))?;
+        let thread_slots = thread_slots();
+        let thread_slots_mask = thread_slots - 1;
+        let l = &layout;
         let mut ebpf = EbpfLoader::new()
-            .override_global(globals::SK_PROTOCOL_OFFSET, &sk_protocol, true)
-            .override_global(globals::TASK_PID_OFFSET, &task_pid, true)
-            .override_global(globals::TASK_COMM_OFFSET, &task_comm, true)
-            .override_global(globals::TASK_EXIT_CODE_OFFSET, &task_exit_code, true)
+            .btf(Some(&aya_btf))
+            .override_global(globals::SK_PROTOCOL_OFFSET, &l.sk_protocol, true)
+            .override_global(globals::PT_REGS_SYSCALL_NR_OFFSET, &l.syscall_nr, true)
+            .override_global(globals::TASK_PID_OFFSET, &l.task_pid, true)
+            .override_global(globals::TASK_EXIT_CODE_OFFSET, &l.task_exit_code, true)
+            .override_global(globals::TASK_RUN_DELAY_OFFSET, &l.run_delay, true)
+            .override_global(globals::TASK_PCOUNT_OFFSET, &l.pcount, true)
+            .override_global(globals::TASK_LAST_ARRIVAL_OFFSET, &l.last_arrival, true)
+            .override_global(globals::TASK_SUM_EXEC_OFFSET, &l.sum_exec, true)
+            .override_global(globals::THREAD_SLOTS_MASK, &thread_slots_mask, true)
+            .map_max_entries(maps::THREADS, thread_slots)
             .load(OBJECT)
             .map_err(|e| CollectorError::load("object", e))?;
-        let aya_btf = aya::Btf::from_sys_fs().map_err(|e| CollectorError::load("kernel BTF", e))?;
         let stale = |what: String| CollectorError::Unsupported {
             what,
             hint: "the embedded BPF object is stale; rebuild with `cargo xtask build-bpf`".into(),
@@ -392,6 +437,7 @@ impl Programs {
             start_map_full: get(Counter::StartMapFull),
             host_stats_full: get(Counter::HostStatsFull),
             proc_ringbuf_drops: get(Counter::ProcRingbufDrops),
+            thread_slots_shared: get(Counter::ThreadSlotShared),
         }
     }
 

@@ -414,6 +414,10 @@ pub struct Health {
     pub host_stats_full: u64,
     /// OOM-kill and exit events lost because their ring buffer was full.
     pub proc_ringbuf_drops: u64,
+    /// Per-thread scheduler batches flushed early because two live threads mapped to the same
+    /// kernel slot (only when `pid_max` is above 32,768); nothing is lost, it costs a flush.
+    #[serde(default)]
+    pub thread_slots_shared: u64,
     /// Events aged out of the bounded event log.
     pub events_evicted: u64,
     /// Services whose history was dropped because more than [`MAX_SERVICES`] were active or

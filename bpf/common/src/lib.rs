@@ -43,6 +43,8 @@ pub mod maps {
     pub const CONNECT_LAT: &str = "CONNECT_LAT";
     /// `RINGBUF` of [`ProcEvent`](super::ProcEvent): OOM kills and failed exits.
     pub const PROC_EVENTS: &str = "PROC_EVENTS";
+    /// `ARRAY` of per-thread scheduler batches, indexed by tid (kernel-only; sized by the loader).
+    pub const THREADS: &str = "THREADS";
 }
 
 /// Program names as they appear in the object file, and where each attaches.
@@ -76,32 +78,28 @@ pub mod programs {
 
     /// Scheduler, block IO, syscall, memory and process-life programs.
     pub const HOST: &[Program] = &[
-        btf("sched_wakeup", "sched_wakeup"),
-        btf("sched_wakeup_new", "sched_wakeup_new"),
         btf("sched_switch", "sched_switch"),
         tp("sched_process_exec", "sched", "sched_process_exec"),
         tp("sched_process_exit", "sched", "sched_process_exit"),
         tp("mark_victim", "oom", "mark_victim"),
-        tp("mm_page_alloc", "kmem", "mm_page_alloc"),
+        btf("mm_page_alloc", "mm_page_alloc"),
         tp("block_rq_issue", "block", "block_rq_issue"),
         tp("block_rq_complete", "block", "block_rq_complete"),
-        tp("sys_enter", "raw_syscalls", "sys_enter"),
-        tp("sys_exit", "raw_syscalls", "sys_exit"),
+        btf("sys_enter", "sys_enter"),
+        btf("sys_exit", "sys_exit"),
     ];
 
     /// Trivial counting programs on the [`HOST`] hooks (benchmark floor).
     pub const HOST_BASELINE: &[Program] = &[
-        btf("baseline_sched_wakeup", "sched_wakeup"),
-        btf("baseline_sched_wakeup_new", "sched_wakeup_new"),
         btf("baseline_sched_switch", "sched_switch"),
         tp("baseline_sched_process_exec", "sched", "sched_process_exec"),
         tp("baseline_sched_process_exit", "sched", "sched_process_exit"),
         tp("baseline_mark_victim", "oom", "mark_victim"),
-        tp("baseline_mm_page_alloc", "kmem", "mm_page_alloc"),
+        btf("baseline_mm_page_alloc", "mm_page_alloc"),
         tp("baseline_block_rq_issue", "block", "block_rq_issue"),
         tp("baseline_block_rq_complete", "block", "block_rq_complete"),
-        tp("baseline_sys_enter", "raw_syscalls", "sys_enter"),
-        tp("baseline_sys_exit", "raw_syscalls", "sys_exit"),
+        btf("baseline_sys_enter", "sys_enter"),
+        btf("baseline_sys_exit", "sys_exit"),
     ];
 
     /// The TCP programs.
@@ -134,10 +132,20 @@ pub mod programs {
 pub mod globals {
     /// Byte offset of `sk_protocol` in `struct sock`.
     pub const SK_PROTOCOL_OFFSET: &str = "SK_PROTOCOL_OFFSET";
-    /// Byte offset of `pid` in `struct task_struct` (`tgid` follows it).
+    /// Byte offset of `pid` (the thread id) in `struct task_struct`.
     pub const TASK_PID_OFFSET: &str = "TASK_PID_OFFSET";
-    /// Byte offset of `comm` in `struct task_struct`.
-    pub const TASK_COMM_OFFSET: &str = "TASK_COMM_OFFSET";
+    /// Byte offset of `sched_info.run_delay` in `struct task_struct`.
+    pub const TASK_RUN_DELAY_OFFSET: &str = "TASK_RUN_DELAY_OFFSET";
+    /// Byte offset of `sched_info.pcount` in `struct task_struct`.
+    pub const TASK_PCOUNT_OFFSET: &str = "TASK_PCOUNT_OFFSET";
+    /// Byte offset of `sched_info.last_arrival` in `struct task_struct`.
+    pub const TASK_LAST_ARRIVAL_OFFSET: &str = "TASK_LAST_ARRIVAL_OFFSET";
+    /// Byte offset of `se.sum_exec_runtime` in `struct task_struct`.
+    pub const TASK_SUM_EXEC_OFFSET: &str = "TASK_SUM_EXEC_OFFSET";
+    /// Size of the per-thread slot table minus one (a power of two minus one).
+    pub const THREAD_SLOTS_MASK: &str = "THREAD_SLOTS_MASK";
+    /// Byte offset of the syscall number in `struct pt_regs` (`orig_ax` on x86-64).
+    pub const PT_REGS_SYSCALL_NR_OFFSET: &str = "PT_REGS_SYSCALL_NR_OFFSET";
     /// Byte offset of `exit_code` in `struct task_struct`.
     pub const TASK_EXIT_CODE_OFFSET: &str = "TASK_EXIT_CODE_OFFSET";
 }
@@ -205,6 +213,16 @@ impl LatHist {
         // The bound check is for the verifier; `hist_bucket` never exceeds it.
         if b < HIST_BUCKETS {
             self.buckets[b] += 1;
+        }
+    }
+
+    /// Adds the samples of `other`.
+    #[inline(always)]
+    pub fn merge(&mut self, other: &LatHist) {
+        self.count += other.count;
+        self.sum_ns += other.sum_ns;
+        for i in 0..HIST_BUCKETS {
+            self.buckets[i] += other.buckets[i];
         }
     }
 }
@@ -537,10 +555,13 @@ pub enum Counter {
     HostStatsFull = 6,
     /// Process events not written because their ring buffer was full.
     ProcRingbufDrops = 7,
+    /// Thread batches flushed early because another thread's tid mapped to the same slot
+    /// (only when `pid_max` exceeds the slot table).
+    ThreadSlotShared = 8,
 }
 
 /// Number of [`Counter`] slots.
-pub const COUNTERS_LEN: u32 = 8;
+pub const COUNTERS_LEN: u32 = 9;
 
 #[cfg(feature = "user")]
 mod user {
@@ -608,11 +629,6 @@ pub mod layout {
         pub const DADDR: usize = 60;
     }
 
-    /// `raw_syscalls:sys_enter` / `sys_exit`.
-    pub mod raw_syscalls {
-        pub const ID: usize = 8;
-        pub const RET: usize = 16;
-    }
     /// `oom:mark_victim`.
     pub mod mark_victim {
         pub const PID: usize = 8;
@@ -627,10 +643,6 @@ pub mod layout {
         pub const ISSUE_BYTES: usize = 28;
         pub const COMPLETE_ERROR: usize = 28;
         pub const RWBS: usize = 34;
-    }
-    /// `kmem:mm_page_alloc`.
-    pub mod mm_page_alloc {
-        pub const ORDER: usize = 16;
     }
     /// `sched:sched_process_exit`.
     pub mod sched_process_exit {
@@ -669,9 +681,6 @@ pub mod layout {
         ("tcp", "tcp_send_reset", "skaddr", 16, 8),
         ("tcp", "tcp_send_reset", "saddr", 32, 28),
         ("tcp", "tcp_send_reset", "daddr", 60, 28),
-        ("raw_syscalls", "sys_enter", "id", 8, 8),
-        ("raw_syscalls", "sys_exit", "id", 8, 8),
-        ("raw_syscalls", "sys_exit", "ret", 16, 8),
         ("oom", "mark_victim", "pid", 8, 4),
         ("oom", "mark_victim", "comm", 12, 4),
         ("oom", "mark_victim", "total_vm", 16, 8),
@@ -684,7 +693,6 @@ pub mod layout {
         ("block", "block_rq_complete", "sector", 16, 8),
         ("block", "block_rq_complete", "error", 28, 4),
         ("block", "block_rq_complete", "rwbs", 34, 10),
-        ("kmem", "mm_page_alloc", "order", 16, 4),
         ("sched", "sched_process_exit", "pid", 24, 4),
         ("sched", "sched_process_exit", "group_dead", 32, 1),
     ];

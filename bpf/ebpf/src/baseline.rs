@@ -52,16 +52,6 @@ pub fn baseline_tp_sock_send_length(_ctx: TracePointContext) -> u32 {
     tick(6)
 }
 
-#[btf_tracepoint(function = "sched_wakeup")]
-pub fn baseline_sched_wakeup(_ctx: BtfTracePointContext) -> u32 {
-    tick(8)
-}
-
-#[btf_tracepoint(function = "sched_wakeup_new")]
-pub fn baseline_sched_wakeup_new(_ctx: BtfTracePointContext) -> u32 {
-    tick(9)
-}
-
 #[btf_tracepoint(function = "sched_switch")]
 pub fn baseline_sched_switch(_ctx: BtfTracePointContext) -> u32 {
     tick(10)
@@ -82,8 +72,8 @@ pub fn baseline_mark_victim(_ctx: TracePointContext) -> u32 {
     tick(13)
 }
 
-#[tracepoint]
-pub fn baseline_mm_page_alloc(_ctx: TracePointContext) -> u32 {
+#[btf_tracepoint(function = "mm_page_alloc")]
+pub fn baseline_mm_page_alloc(_ctx: BtfTracePointContext) -> u32 {
     tick(14)
 }
 
@@ -97,12 +87,12 @@ pub fn baseline_block_rq_complete(_ctx: TracePointContext) -> u32 {
     tick(16)
 }
 
-#[tracepoint]
-pub fn baseline_sys_enter(_ctx: TracePointContext) -> u32 {
+#[btf_tracepoint(function = "sys_enter")]
+pub fn baseline_sys_enter(_ctx: BtfTracePointContext) -> u32 {
     tick(17)
 }
 
-#[tracepoint]
-pub fn baseline_sys_exit(_ctx: TracePointContext) -> u32 {
+#[btf_tracepoint(function = "sys_exit")]
+pub fn baseline_sys_exit(_ctx: BtfTracePointContext) -> u32 {
     tick(18)
 }

@@ -1,8 +1,9 @@
 //! Maps shared by the programs. Names match `bpfsight_common::maps`.
 
 use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid,
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use bpfsight_common::{
     COUNTERS_LEN, ConnKey, ConnStats, Counter, InflightIo, IoKey, IoReqKey, IoStats, LatHist, ListenKey,
@@ -63,16 +64,150 @@ pub fn bump(key: &ConnKey, f: impl FnOnce(&mut ConnStats)) {
 #[map(name = "PROC_STATS")]
 pub static PROC_STATS: PerCpuHashMap<Owner, ProcStats> = PerCpuHashMap::with_max_entries(8192, 0);
 
-/// When each thread (by tid) became runnable: set at wakeup and preemption, taken (zeroed) at
-/// switch-in. Values are written in place, never deleted: an in-place store costs a lookup,
-/// an update or delete takes the bucket lock and the free list. LRU, so threads that exited
-/// make room for new ones.
-#[map(name = "RUNQ_START")]
-pub static RUNQ_START: LruHashMap<u32, u64> = LruHashMap::with_max_entries(32768, 0);
+/// What one thread did since its last flush into [`PROC_STATS`].
+///
+/// The scheduler hook runs on every context switch, and a hash lookup keyed by process costs
+/// more than its whole budget. So a switch touches only the outgoing thread's slot in
+/// [`THREADS`] (an array the verifier turns into address arithmetic, on the CPU the thread
+/// just ran on), and reads the kernel's own per-task accounting (`sched_info`,
+/// `sum_exec_runtime`) instead of timing anything itself. A thread's batch moves into its
+/// process's [`ProcStats`] when the thread is switched out at least [`FLUSH_NS`] after its
+/// previous flush, when it exits, or when another thread needs the slot.
+///
+/// 128 bytes: the first cache line holds everything a switch touches, the second the
+/// histogram and the name.
+#[repr(C, align(64))]
+pub struct ThreadSlot {
+    /// The thread (tid) using the slot; 0 when free.
+    pub tid: u32,
+    /// Process (tgid) the batch belongs to; with `comm`, the [`Owner`] it is flushed under.
+    pub tgid: u32,
+    pub vol_switches: u32,
+    pub invol_switches: u32,
+    /// Run-queue delays in this batch.
+    pub runq_count: u32,
+    /// Pages allocated (2^order each).
+    pub page_allocs: u32,
+    /// The task's `sched_info.pcount` (times it got a CPU) at its last switch-out.
+    pub last_pcount: u32,
+    /// `exec`s by this thread (counted for the image it runs after the exec).
+    pub execs: u32,
+    /// The task's cumulative `sched_info.run_delay` at its last switch-out.
+    pub last_run_delay: u64,
+    /// `sched_info.last_arrival` (scheduler clock) at the last flush; 0 until the slot has
+    /// seen its thread switch out once.
+    pub flushed_at: u64,
+    /// The task's `se.sum_exec_runtime` at the last flush.
+    pub last_exec: u64,
+    pub runq_sum_ns: u64,
+    /// Log2 buckets as in [`LatHist`]; `u16` is enough because a batch is flushed long
+    /// before any bucket could reach 65,535 (see [`FLUSH_MAX_SAMPLES`]).
+    pub runq_buckets: [u16; bpfsight_common::HIST_BUCKETS],
+    pub comm: [u8; 16],
+}
 
-/// When the running task was switched in, per CPU (slot 0), for on-CPU time.
-#[map(name = "ONCPU_SINCE")]
-pub static ONCPU_SINCE: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+impl ThreadSlot {
+    #[inline(always)]
+    fn owner(&self) -> Owner {
+        Owner { tgid: self.tgid, _pad: 0, comm: self.comm }
+    }
+
+    /// Files the batch under `owner` from now on.
+    #[inline(always)]
+    pub fn set_owner(&mut self, owner: &Owner) {
+        self.tgid = owner.tgid;
+        self.comm = owner.comm;
+    }
+
+    #[inline(always)]
+    fn pending(&self) -> bool {
+        self.runq_count != 0
+            || self.vol_switches != 0
+            || self.invol_switches != 0
+            || self.page_allocs != 0
+            || self.execs != 0
+    }
+}
+
+/// How long a thread's batch may go unflushed while the thread keeps switching.
+pub const FLUSH_NS: u64 = 50_000_000;
+/// A batch is flushed at this many run-queue samples whatever its age.
+pub const FLUSH_MAX_SAMPLES: u32 = 60_000;
+
+/// Per-thread slots indexed by `tid & THREAD_SLOTS_MASK`; the loader sizes it to the next
+/// power of two above `pid_max`, at most 32,768, so 4 MiB (a colliding thread flushes the
+/// other's batch before taking the slot, so nothing is lost when `pid_max` is larger).
+#[map(name = "THREADS")]
+pub static THREADS: Array<ThreadSlot> = Array::with_max_entries(1, 0);
+
+/// `THREADS` size minus one, set by the loader.
+#[unsafe(no_mangle)]
+static THREAD_SLOTS_MASK: u32 = 0;
+
+/// The slot of thread `tid`, whoever holds it.
+#[inline(always)]
+pub fn thread_slot(tid: u32) -> Option<&'static mut ThreadSlot> {
+    // SAFETY: .rodata constant set by the loader.
+    let mask = unsafe { core::ptr::read_volatile(&THREAD_SLOTS_MASK) };
+    // SAFETY: array value pointer; a slot is only written by events of its own thread, which
+    // the scheduler serialises (a colliding thread may race, at worst blurring one batch).
+    THREADS.get_ptr_mut(tid & mask).map(|p| unsafe { &mut *p })
+}
+
+/// The slot of the running thread, taken over if another thread holds it; `None` on an idle
+/// CPU (interrupt work belongs to no process).
+#[inline(always)]
+pub fn current_thread_slot() -> Option<&'static mut ThreadSlot> {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    if tid == 0 {
+        return None;
+    }
+    let t = thread_slot(tid)?;
+    if t.tid != tid {
+        claim_slot(t, tid, crate::record::current_owner());
+    }
+    Some(t)
+}
+
+/// Moves a batch, plus `oncpu_ns` of CPU time, into its owner's [`ProcStats`] and empties it.
+#[inline(always)]
+pub fn flush_slot(t: &mut ThreadSlot, oncpu_ns: u64) {
+    if t.tgid != 0 {
+        let t: &ThreadSlot = t;
+        bump_proc(&t.owner(), |s| {
+            s.oncpu_ns += oncpu_ns;
+            s.vol_switches += t.vol_switches as u64;
+            s.invol_switches += t.invol_switches as u64;
+            s.page_allocs += t.page_allocs as u64;
+            s.execs += t.execs as u64;
+            s.runq.count += t.runq_count as u64;
+            s.runq.sum_ns += t.runq_sum_ns;
+            for i in 0..bpfsight_common::HIST_BUCKETS {
+                s.runq.buckets[i] += t.runq_buckets[i] as u64;
+            }
+        });
+    }
+    t.vol_switches = 0;
+    t.invol_switches = 0;
+    t.page_allocs = 0;
+    t.execs = 0;
+    t.runq_count = 0;
+    t.runq_sum_ns = 0;
+    t.runq_buckets = [0; bpfsight_common::HIST_BUCKETS];
+}
+
+/// Makes `t` the slot of thread `tid` owned by `owner`, flushing whatever another thread left
+/// (its CPU time since its last flush is lost: only its own switch can read it).
+#[inline(always)]
+pub fn claim_slot(t: &mut ThreadSlot, tid: u32, owner: Owner) {
+    if t.tid != 0 && t.pending() {
+        count(Counter::ThreadSlotShared);
+        flush_slot(t, 0);
+    }
+    t.tid = tid;
+    t.set_owner(&owner);
+    t.flushed_at = 0;
+}
 
 /// Block requests between issue and completion.
 #[map(name = "IO_INFLIGHT")]
@@ -81,8 +216,9 @@ pub static IO_INFLIGHT: HashMap<IoReqKey, InflightIo> = HashMap::with_max_entrie
 #[map(name = "IO_STATS")]
 pub static IO_STATS: PerCpuHashMap<IoKey, IoStats> = PerCpuHashMap::with_max_entries(2048, 0);
 
-/// Entry time of the slow syscall in progress, by tid (0: none); written in place like
-/// [`RUNQ_START`].
+/// Entry time of the slow syscall in progress, by tid (0: none); written in place, never
+/// deleted (an in-place store costs a lookup, an update or delete takes the bucket lock and
+/// the free list); LRU, so threads that exited make room for new ones.
 #[map(name = "SYSCALL_START")]
 pub static SYSCALL_START: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16384, 0);
 

@@ -3,12 +3,12 @@
 use aya_ebpf::{
     EbpfContext,
     helpers::{bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes},
-    macros::tracepoint,
-    programs::TracePointContext,
+    macros::{btf_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, TracePointContext},
 };
 use bpfsight_common::{Counter, Owner, ProcEvent, ProcEventKind, exit_is_kill, layout};
 
-use crate::maps::{PROC_EVENTS, bump_proc, count};
+use crate::maps::{PROC_EVENTS, bump_proc, count, current_thread_slot};
 use crate::record::{at, current_owner, now_ns};
 
 /// Byte offset of `exit_code` in `struct task_struct`, set by the loader.
@@ -37,8 +37,11 @@ fn emit(kind: ProcEventKind, owner: Owner, exit_code: u32, total_vm: u64, anon_r
 
 #[tracepoint]
 pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
-    // After the exec: `current` carries the new image's name.
-    bump_proc(&current_owner(), |s| s.execs += 1);
+    // Batched in the thread's slot (see `ThreadSlot`): its next flush happens in process
+    // context, under the name the thread has then, the new image's.
+    if let Some(t) = current_thread_slot() {
+        t.execs += 1;
+    }
     0
 }
 
@@ -83,15 +86,13 @@ pub fn mark_victim(ctx: TracePointContext) -> u32 {
     0
 }
 
-#[tracepoint]
-pub fn mm_page_alloc(ctx: TracePointContext) -> u32 {
-    let owner = current_owner();
-    // Allocations on an idle CPU (interrupts) belong to no process.
-    if owner.tgid == 0 {
-        return 0;
+#[btf_tracepoint(function = "mm_page_alloc")]
+pub fn mm_page_alloc(ctx: BtfTracePointContext) -> u32 {
+    // mm_page_alloc(struct page *page, unsigned int order, gfp_t gfp_flags, int migratetype)
+    let order: u32 = ctx.arg(1);
+    // Batched in the thread's slot with its scheduler counters (see `ThreadSlot`).
+    if let Some(t) = current_thread_slot() {
+        t.page_allocs += 1u32 << (order & 15);
     }
-    let order: u32 = at(&ctx, layout::mm_page_alloc::ORDER);
-    let pages = 1u64 << (order & 15);
-    bump_proc(&owner, |s| s.page_allocs += pages);
     0
 }

@@ -1,116 +1,111 @@
-//! Scheduler signals: run-queue delay (wakeup or preemption to running) as a log2 histogram,
-//! voluntary and involuntary context switches, and on-CPU time, per process.
+//! Scheduler signals: run-queue delay (runnable to running) as a log2 histogram, voluntary and
+//! involuntary context switches, and on-CPU time, per process.
 //!
-//! These are the hottest hooks bpfsight has (every context switch), so they are BTF
-//! tracepoints (raw arguments, no record formatting), read at most the two words of the next
-//! task they need, and keep one start timestamp per thread.
+//! `sched_switch` is the hottest hook bpfsight has, so it does the least it can: it never
+//! timestamps anything (no wakeup hooks, no clock reads). The kernel already accounts every
+//! task's wait on the run queue (`sched_info.run_delay`, summed at each arrival on a CPU) and
+//! CPU time (`se.sum_exec_runtime`); at each switch-out the program reads those fields of the
+//! outgoing task straight from its `task_struct` (a BTF pointer: plain loads, no helper calls)
+//! and turns the growth since the task's previous switch-out into one run-queue sample. It
+//! then batches in the thread's [`ThreadSlot`], which reaches the per-process counters now and
+//! then.
 
-use aya_ebpf::{
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel},
-    macros::btf_tracepoint,
-    programs::BtfTracePointContext,
-};
-use bpfsight_common::Owner;
+use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
+use bpfsight_common::{HIST_BUCKETS, hist_bucket};
 
-use crate::maps::{ONCPU_SINCE, RUNQ_START, bump_proc, store_start, take_start};
-use crate::record::now_ns;
+use crate::maps::{FLUSH_MAX_SAMPLES, FLUSH_NS, claim_slot, flush_slot, thread_slot};
+use crate::record::current_owner;
 
-/// Byte offset of `pid` in `struct task_struct` (`tgid` is the next word), set by the loader.
+/// Byte offset of `pid` (the thread id) in `struct task_struct`, set by the loader.
 #[unsafe(no_mangle)]
 static TASK_PID_OFFSET: u32 = 0;
-/// Byte offset of `comm` in `struct task_struct`, set by the loader.
+/// Byte offset of `sched_info.run_delay` in `struct task_struct`, set by the loader.
 #[unsafe(no_mangle)]
-static TASK_COMM_OFFSET: u32 = 0;
+static TASK_RUN_DELAY_OFFSET: u32 = 0;
+/// Byte offset of `sched_info.pcount` in `struct task_struct`, set by the loader.
+#[unsafe(no_mangle)]
+static TASK_PCOUNT_OFFSET: u32 = 0;
+/// Byte offset of `sched_info.last_arrival` in `struct task_struct`, set by the loader.
+#[unsafe(no_mangle)]
+static TASK_LAST_ARRIVAL_OFFSET: u32 = 0;
+/// Byte offset of `se.sum_exec_runtime` in `struct task_struct`, set by the loader.
+#[unsafe(no_mangle)]
+static TASK_SUM_EXEC_OFFSET: u32 = 0;
 
-/// `(pid, tgid)` of a task.
+/// `TASK_DEAD` in `task_struct::__state`: the task's last switch.
+const TASK_DEAD: u64 = 0x80;
+
+/// A field of `task`, a BTF `task_struct` pointer, at the offset held in `off`. The offset is
+/// a frozen `.rodata` constant, so the verifier checks the load against the kernel's BTF and
+/// turns it into a guarded direct load.
 #[inline(always)]
-fn task_ids(task: u64) -> (u32, u32) {
-    // SAFETY: .rodata constant set by the loader.
-    let off = unsafe { core::ptr::read_volatile(&TASK_PID_OFFSET) } as u64;
-    // SAFETY: probe read; a failure reads as the idle task, which is skipped.
-    match unsafe { bpf_probe_read_kernel((task + off) as *const u64) } {
-        Ok(v) => (v as u32, (v >> 32) as u32),
-        Err(_) => (0, 0),
+fn field<T: Copy>(task: u64, off: &u32) -> T {
+    // SAFETY: .rodata constant set by the loader; a field load through a BTF pointer.
+    unsafe {
+        let off = core::ptr::read_volatile(off) as u64;
+        core::ptr::read_volatile((task + off) as *const T)
     }
-}
-
-/// A task's `comm`.
-#[inline(always)]
-fn task_comm(task: u64) -> [u8; 16] {
-    // SAFETY: .rodata constant set by the loader.
-    let off = unsafe { core::ptr::read_volatile(&TASK_COMM_OFFSET) } as u64;
-    // SAFETY: probe read of a fixed-size array.
-    unsafe { bpf_probe_read_kernel((task + off) as *const [u8; 16]) }.unwrap_or([0; 16])
-}
-
-/// Marks thread `pid` runnable from now.
-#[inline(always)]
-fn enqueued(pid: u32, now: u64) {
-    if pid != 0 {
-        store_start(&RUNQ_START, pid, now);
-    }
-}
-
-#[btf_tracepoint(function = "sched_wakeup")]
-pub fn sched_wakeup(ctx: BtfTracePointContext) -> u32 {
-    // sched_wakeup(struct task_struct *p)
-    let (pid, _) = task_ids(ctx.arg(0));
-    enqueued(pid, now_ns());
-    0
-}
-
-#[btf_tracepoint(function = "sched_wakeup_new")]
-pub fn sched_wakeup_new(ctx: BtfTracePointContext) -> u32 {
-    let (pid, _) = task_ids(ctx.arg(0));
-    enqueued(pid, now_ns());
-    0
 }
 
 #[btf_tracepoint(function = "sched_switch")]
 pub fn sched_switch(ctx: BtfTracePointContext) -> u32 {
     // sched_switch(bool preempt, struct task_struct *prev, struct task_struct *next,
     //              unsigned int prev_state); `current` is still prev.
-    let now = now_ns();
+    let prev: u64 = ctx.arg(1);
+    let tid: u32 = field(prev, &TASK_PID_OFFSET);
+    // The idle task belongs to no process.
+    if tid == 0 {
+        return 0;
+    }
+    let Some(t) = thread_slot(tid) else { return 0 };
+    if t.tid != tid {
+        claim_slot(t, tid, current_owner());
+    }
     let preempt: u64 = ctx.arg(0);
     let prev_state: u64 = ctx.arg(3);
-    let next: u64 = ctx.arg(2);
+    let run_delay: u64 = field(prev, &TASK_RUN_DELAY_OFFSET);
+    let pcount = field::<u64>(prev, &TASK_PCOUNT_OFFSET) as u32;
+    let arrival: u64 = field(prev, &TASK_LAST_ARRIVAL_OFFSET);
 
-    let since = match ONCPU_SINCE.get_ptr_mut(0) {
-        // SAFETY: per-CPU slot, only this CPU writes it.
-        Some(p) => unsafe { core::mem::replace(&mut *p, now) },
-        None => 0,
-    };
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let prev_pid = pid_tgid as u32;
-    if prev_pid != 0 {
-        // Still runnable when switched out: preempted, and back on the run queue from now.
-        let involuntary = preempt & 0xff != 0 || prev_state as u32 == 0;
-        let owner =
-            Owner { tgid: (pid_tgid >> 32) as u32, _pad: 0, comm: bpf_get_current_comm().unwrap_or([0; 16]) };
-        bump_proc(&owner, |s| {
-            if since != 0 {
-                s.oncpu_ns += now.saturating_sub(since);
+    if t.flushed_at == 0 {
+        // First switch-out seen for this thread: note where its counters stand.
+        t.last_exec = field(prev, &TASK_SUM_EXEC_OFFSET);
+        t.flushed_at = arrival | 1;
+    } else {
+        // One arrival on a CPU since the last switch-out, normally; more if switches were
+        // missed, then their waits count as one sample of their mean.
+        let arrivals = pcount.wrapping_sub(t.last_pcount);
+        if arrivals != 0 {
+            let waited = run_delay.saturating_sub(t.last_run_delay);
+            t.runq_count += arrivals;
+            t.runq_sum_ns += waited;
+            let b = hist_bucket(waited / arrivals as u64);
+            if b < HIST_BUCKETS {
+                t.runq_buckets[b] += arrivals as u16;
             }
-            if involuntary {
-                s.invol_switches += 1;
-            } else {
-                s.vol_switches += 1;
-            }
-        });
-        if involuntary {
-            enqueued(prev_pid, now);
         }
     }
+    t.last_run_delay = run_delay;
+    t.last_pcount = pcount;
+    // Still runnable when switched out: preempted (a time slice ran out or a task with a
+    // better claim woke up).
+    if preempt & 0xff != 0 || prev_state as u32 == 0 {
+        t.invol_switches += 1;
+    } else {
+        t.vol_switches += 1;
+    }
 
-    let (pid, tgid) = task_ids(next);
-    if pid == 0 {
-        return 0;
+    let dead = prev_state & TASK_DEAD != 0;
+    if dead || arrival.saturating_sub(t.flushed_at) >= FLUSH_NS || t.runq_count >= FLUSH_MAX_SAMPLES {
+        let exec: u64 = field(prev, &TASK_SUM_EXEC_OFFSET);
+        // The thread is current: its name now is the one to file the batch under.
+        t.set_owner(&current_owner());
+        flush_slot(t, exec.saturating_sub(t.last_exec));
+        t.last_exec = exec;
+        t.flushed_at = arrival | 1;
+        if dead {
+            t.tid = 0;
+        }
     }
-    let start = take_start(&RUNQ_START, pid);
-    if start == 0 {
-        return 0;
-    }
-    let owner = Owner { tgid, _pad: 0, comm: task_comm(next) };
-    bump_proc(&owner, |s| s.runq.add(now.saturating_sub(start)));
     0
 }

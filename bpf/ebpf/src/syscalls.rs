@@ -1,14 +1,19 @@
 //! Syscalls: failures by syscall and errno for every call, and latency for the few calls where
 //! a service waits on the network or the disk ([`SLOW_SYSCALLS`](bpfsight_common::SLOW_SYSCALLS)).
 //!
-//! Both hooks run on every syscall on the machine, so the common case (a call that succeeded
-//! and is not timed) is two comparisons and no map access.
+//! Both hooks run on every syscall on the machine, so they are BTF tracepoints (the raw
+//! arguments, without the cost of formatting a `raw_syscalls` record for each call), and the
+//! common case (a call that succeeded and is not timed) is two comparisons and no map access.
 
-use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext};
-use bpfsight_common::{MAX_ERRNO, SyscallKey, layout::raw_syscalls as f};
+use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::btf_tracepoint, programs::BtfTracePointContext};
+use bpfsight_common::{MAX_ERRNO, SyscallKey};
 
 use crate::maps::{SYSCALL_START, bump_syscall_error, bump_syscall_lat, store_start, take_start};
-use crate::record::{at, current_owner, now_ns};
+use crate::record::{current_owner, now_ns};
+
+/// Byte offset of the syscall number in `struct pt_regs` (`orig_ax`), set by the loader.
+#[unsafe(no_mangle)]
+static PT_REGS_SYSCALL_NR_OFFSET: u32 = 0;
 
 /// Whether `nr` is timed; must list the same numbers as `SLOW_SYSCALLS`.
 #[inline(always)]
@@ -16,9 +21,10 @@ fn is_slow(nr: i64) -> bool {
     matches!(nr, 42 | 43 | 288 | 74 | 75 | 277)
 }
 
-#[tracepoint]
-pub fn sys_enter(ctx: TracePointContext) -> u32 {
-    let nr: i64 = at(&ctx, f::ID);
+#[btf_tracepoint(function = "sys_enter")]
+pub fn sys_enter(ctx: BtfTracePointContext) -> u32 {
+    // sys_enter(struct pt_regs *regs, long id)
+    let nr: i64 = ctx.arg(1);
     if !is_slow(nr) {
         return 0;
     }
@@ -26,10 +32,11 @@ pub fn sys_enter(ctx: TracePointContext) -> u32 {
     0
 }
 
-#[tracepoint]
-pub fn sys_exit(ctx: TracePointContext) -> u32 {
-    let nr: i64 = at(&ctx, f::ID);
-    let ret: i64 = at(&ctx, f::RET);
+#[btf_tracepoint(function = "sys_exit")]
+pub fn sys_exit(ctx: BtfTracePointContext) -> u32 {
+    // sys_exit(struct pt_regs *regs, long ret)
+    let ret: i64 = ctx.arg(1);
+    let nr = syscall_nr(ctx.arg(0));
     let failed = ret < 0 && ret >= -(MAX_ERRNO as i64);
     let slow = is_slow(nr);
     if !failed && !slow {
@@ -46,4 +53,16 @@ pub fn sys_exit(ctx: TracePointContext) -> u32 {
         bump_syscall_error(&SyscallKey { owner, nr: nr as u32, errno: (-ret) as u32 });
     }
     0
+}
+
+/// The syscall number saved in `regs`, a BTF `pt_regs` pointer. The offset is a frozen
+/// `.rodata` constant, so the verifier checks the load against the kernel's BTF and turns it
+/// into a guarded direct load.
+#[inline(always)]
+fn syscall_nr(regs: u64) -> i64 {
+    // SAFETY: .rodata constant set by the loader; a field load through a BTF pointer.
+    unsafe {
+        let off = core::ptr::read_volatile(&PT_REGS_SYSCALL_NR_OFFSET) as u64;
+        core::ptr::read_volatile((regs + off) as *const i64)
+    }
 }
