@@ -46,7 +46,8 @@ pub struct KernelCounters {
     pub send_stats_full: u64,
     /// Scheduler/memory/process updates lost because the per-process map was full.
     pub proc_stats_full: u64,
-    /// Wakeups, block requests or syscalls not timed because a start-time map was full.
+    /// Slow syscalls not timed because the start-time map was full (block requests not
+    /// timed because the in-flight map was full).
     pub start_map_full: u64,
     /// IO, syscall or connect-latency updates lost because their map was full.
     pub host_stats_full: u64,

@@ -232,7 +232,8 @@ impl LatHist {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ProcStats {
-    /// Run-queue delay: wakeup (or preemption) to running.
+    /// Run-queue delay: runnable (woken or preempted) to running, from the kernel's
+    /// `sched_info` accounting.
     pub runq: LatHist,
     /// Time on CPU, nanoseconds.
     pub oncpu_ns: u64,
@@ -549,7 +550,7 @@ pub enum Counter {
     SendStatsFull = 3,
     /// Updates lost because `PROC_STATS` was full.
     ProcStatsFull = 4,
-    /// Wakeups or requests not timed because a start-time map was full.
+    /// Slow syscalls or block requests not timed because a start-time map was full.
     StartMapFull = 5,
     /// Updates lost because `IO_STATS`, `SYSCALL_ERRORS`, `SYSCALL_LAT` or `CONNECT_LAT` was full.
     HostStatsFull = 6,
