@@ -63,6 +63,17 @@ fn build_bpf(check: bool) -> Result<()> {
     }
     let built = target_dir.join("bpfel-unknown-none/release/bpfsight");
     let fresh = std::fs::read(&built).with_context(|| format!("reading {}", built.display()))?;
+    // An outlined Rust function keeps its mangled name (`_RNv...Cs<crate hash>...`), and the
+    // crate hash depends on where the checkout is: the object would differ between clones.
+    if let Some(at) = fresh.windows(4).position(|w| w == b"_RNv" || w == b"_RNC") {
+        let name: String =
+            fresh[at..].iter().take_while(|b| b.is_ascii_graphic()).map(|&b| b as char).take(120).collect();
+        bail!(
+            "the BPF object has an outlined Rust function `{name}`: its mangled name depends on the checkout path, so \
+             the committed object would not reproduce elsewhere; mark the function (or the closure's caller chain) \
+             #[inline(always)], or write the closure's body inline"
+        );
+    }
     let committed_path = root.join(OBJECT);
     if check {
         let committed = std::fs::read(&committed_path).with_context(|| format!("reading {OBJECT}"))?;

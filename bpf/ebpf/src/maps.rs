@@ -172,20 +172,22 @@ pub fn current_thread_slot() -> Option<&'static mut ThreadSlot> {
 /// Moves a batch, plus `oncpu_ns` of CPU time, into its owner's [`ProcStats`] and empties it.
 #[inline(always)]
 pub fn flush_slot(t: &mut ThreadSlot, oncpu_ns: u64) {
-    if t.tgid != 0 {
-        let t: &ThreadSlot = t;
-        bump_proc(&t.owner(), |s| {
-            s.oncpu_ns += oncpu_ns;
-            s.vol_switches += t.vol_switches as u64;
-            s.invol_switches += t.invol_switches as u64;
-            s.page_allocs += t.page_allocs as u64;
-            s.execs += t.execs as u64;
-            s.runq.count += t.runq_count as u64;
-            s.runq.sum_ns += t.runq_sum_ns;
-            for i in 0..bpfsight_common::HIST_BUCKETS {
-                s.runq.buckets[i] += t.runq_buckets[i] as u64;
-            }
-        });
+    // No closure here (unlike `bump_proc`): this body is large enough for LLVM to outline a
+    // closure, and an outlined closure's mangled name carries a checkout-dependent crate hash
+    // into the committed object.
+    if t.tgid != 0
+        && let Some(s) = get_or_insert(&PROC_STATS, &t.owner(), &ZERO_PROC_STATS, Counter::ProcStatsFull)
+    {
+        s.oncpu_ns += oncpu_ns;
+        s.vol_switches += t.vol_switches as u64;
+        s.invol_switches += t.invol_switches as u64;
+        s.page_allocs += t.page_allocs as u64;
+        s.execs += t.execs as u64;
+        s.runq.count += t.runq_count as u64;
+        s.runq.sum_ns += t.runq_sum_ns;
+        for i in 0..bpfsight_common::HIST_BUCKETS {
+            s.runq.buckets[i] += t.runq_buckets[i] as u64;
+        }
     }
     t.vol_switches = 0;
     t.invol_switches = 0;
@@ -286,20 +288,33 @@ static ZERO_LAT_HIST: LatHist = LatHist { count: 0, sum_ns: 0, buckets: [0; bpfs
 #[unsafe(no_mangle)]
 static ZERO_U64: u64 = 0;
 
-/// Applies `f` to the per-CPU value of `key` in `map`, creating it from `zero` on first use;
-/// counts `full` when the map has no room.
+/// The per-CPU value of `key` in `map`, created from `zero` on first use; counts `full` when
+/// the map has no room.
 #[inline(always)]
-fn bump_in<K, V>(map: &PerCpuHashMap<K, V>, key: &K, zero: &V, full: Counter, f: impl FnOnce(&mut V)) {
+fn get_or_insert<'a, K, V>(
+    map: &'a PerCpuHashMap<K, V>,
+    key: &K,
+    zero: &V,
+    full: Counter,
+) -> Option<&'a mut V> {
     let mut p = map.get_ptr_mut(key);
     if p.is_none() {
         // BPF_NOEXIST: another CPU may have created it meanwhile; either way look it up again.
         let _ = map.insert(key, zero, 1);
         p = map.get_ptr_mut(key);
     }
-    match p {
-        // SAFETY: per-CPU value, only this CPU writes it.
-        Some(p) => f(unsafe { &mut *p }),
-        None => count(full),
+    if p.is_none() {
+        count(full);
+    }
+    // SAFETY: per-CPU value, only this CPU writes it while the program runs.
+    p.map(|p| unsafe { &mut *p })
+}
+
+/// Applies `f` to the per-CPU value of `key` in `map` (see [`get_or_insert`]).
+#[inline(always)]
+fn bump_in<K, V>(map: &PerCpuHashMap<K, V>, key: &K, zero: &V, full: Counter, f: impl FnOnce(&mut V)) {
+    if let Some(v) = get_or_insert(map, key, zero, full) {
+        f(v);
     }
 }
 
