@@ -32,10 +32,17 @@ def test_tools_are_listed_with_schemas_and_read_only_hints():
     run_with_server(body)
 
 
+def retrans_segs():
+    """The kernel's own count of retransmitted TCP segments (TcpRetransSegs), machine-wide."""
+    lines = [l.split() for l in open("/proc/net/snmp") if l.startswith("Tcp:")]
+    return int(lines[1][lines[0].index("RetransSegs")])
+
+
 def test_packet_loss_shows_as_retransmits_for_that_service_and_peer_only():
     lossy_port, ctrl_port = 47101, 47102
 
     async def body(s):
+        kernel_before = retrans_segs()
         with nft_drop(lossy_port, 20):
             srv = Workload("echo-server", "lossy-srv", lossy_port, wait_ready=True, seconds=30)
             ctl_srv = Workload("echo-server", "ctrl-srv", ctrl_port, wait_ready=True, seconds=30)
@@ -48,10 +55,10 @@ def test_packet_loss_shows_as_retransmits_for_that_service_and_peer_only():
                 srv.kill()
                 ctl_srv.kill()
         await settle()
+        kernel_retrans = retrans_segs() - kernel_before
 
         lossy = (await call(s, "get_connection_stats", {"service": "lossy-cli", "window": "1m"}))["services"][0]
-        # Ping-pong with 20 % loss each way stalls on every loss. Tail-loss probes go through
-        # __tcp_retransmit_skb, which the tracepoint does not cover, so counts vary: ~2-20.
+        # Ping-pong with 20 % loss each way stalls on every loss: counts vary, ~2-20.
         assert lossy["retransmits"] >= 1, lossy
         assert lossy["retransmits_per_s"] > 0
         assert lossy["opened_active"] == 1, lossy
@@ -90,6 +97,14 @@ def test_packet_loss_shows_as_retransmits_for_that_service_and_peer_only():
         allr = await call(s, "get_connection_stats", {"window": "1m", "limit": 50})
         names = [x["service"] for x in allr["services"]]
         assert names.index("lossy-cli") < names.index("ctrl-cli"), names
+        # Retransmitted segments, not events: a retransmitted skb (a tail loss probe of a write,
+        # a TSO burst) can carry several, and the sum over every service matches the kernel's
+        # own counter. Slack: the kernel also counts retransmissions that nftables then drops on
+        # output (the tracepoint fires only for ones that left), and background traffic.
+        total = sum(x["retransmits"] for x in allr["services"])
+        print("retransmitted segments: bpfsight", total, "kernel TcpRetransSegs", kernel_retrans)
+        assert not allr["truncated"], allr
+        assert abs(total - kernel_retrans) <= 2 + kernel_retrans // 10, (total, kernel_retrans)
 
     run_with_server(body)
 

@@ -191,6 +191,8 @@ mod tests {
         assert_eq!(btf.member_offset("sock_common", "skc_dport").unwrap(), 12);
         // Inside an anonymous union.
         assert_eq!(btf.member_offset("sock_common", "skc_daddr").unwrap(), 0);
+        // Inside an anonymous struct in an anonymous union, after two u32.
+        assert_eq!(btf.member_offset("tcp_skb_cb", "tcp_gso_segs").unwrap(), 8);
         let proto = btf.member_offset("sock", "sk_protocol").unwrap();
         assert!(proto > 16 && proto < 1024, "{proto}");
         assert!(matches!(btf.member_offset("sock", "no_such_member"), Err(BtfError::NotFound { .. })));

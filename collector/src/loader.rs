@@ -179,6 +179,8 @@ where
 /// offsets from its BTF), handed to the programs as `.rodata` constants.
 struct KernelLayout {
     sk_protocol: u32,
+    /// `sk_buff.cb` + `tcp_skb_cb.tcp_gso_segs`.
+    skb_gso_segs: u32,
     syscall_nr: u32,
     task_pid: u32,
     task_exit_code: u32,
@@ -205,6 +207,7 @@ impl KernelLayout {
         let sched_info = offset("task_struct", "sched_info")?;
         Ok(KernelLayout {
             sk_protocol: offset("sock", "sk_protocol")?,
+            skb_gso_segs: offset("sk_buff", "cb")? + offset("tcp_skb_cb", "tcp_gso_segs")?,
             // x86-64's saved syscall number; other architectures name it differently.
             syscall_nr: offset("pt_regs", "orig_ax")?,
             task_pid: offset("task_struct", "pid")?,
@@ -239,6 +242,7 @@ impl Programs {
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&aya_btf))
             .override_global(globals::SK_PROTOCOL_OFFSET, &l.sk_protocol, true)
+            .override_global(globals::SKB_TCP_GSO_SEGS_OFFSET, &l.skb_gso_segs, true)
             .override_global(globals::PT_REGS_SYSCALL_NR_OFFSET, &l.syscall_nr, true)
             .override_global(globals::TASK_PID_OFFSET, &l.task_pid, true)
             .override_global(globals::TASK_EXIT_CODE_OFFSET, &l.task_exit_code, true)

@@ -146,6 +146,9 @@ pub mod globals {
     pub const THREAD_SLOTS_MASK: &str = "THREAD_SLOTS_MASK";
     /// Byte offset of the syscall number in `struct pt_regs` (`orig_ax` on x86-64).
     pub const PT_REGS_SYSCALL_NR_OFFSET: &str = "PT_REGS_SYSCALL_NR_OFFSET";
+    /// Byte offset of `tcp_gso_segs` (the segments an skb carries) from the start of
+    /// `struct sk_buff`: `cb` plus its offset in `struct tcp_skb_cb`.
+    pub const SKB_TCP_GSO_SEGS_OFFSET: &str = "SKB_TCP_GSO_SEGS_OFFSET";
     /// Byte offset of `exit_code` in `struct task_struct`.
     pub const TASK_EXIT_CODE_OFFSET: &str = "TASK_EXIT_CODE_OFFSET";
 }
@@ -605,6 +608,7 @@ pub mod layout {
     }
     /// `tcp:tcp_retransmit_skb`.
     pub mod tcp_retransmit_skb {
+        pub const SKBADDR: usize = 8;
         pub const SKADDR: usize = 16;
         pub const SPORT: usize = 28;
         pub const DPORT: usize = 30;
@@ -664,6 +668,7 @@ pub mod layout {
         ("sock", "inet_sock_set_state", "daddr", 36, 4),
         ("sock", "inet_sock_set_state", "saddr_v6", 40, 16),
         ("sock", "inet_sock_set_state", "daddr_v6", 56, 16),
+        ("tcp", "tcp_retransmit_skb", "skbaddr", 8, 8),
         ("tcp", "tcp_retransmit_skb", "skaddr", 16, 8),
         ("tcp", "tcp_retransmit_skb", "sport", 28, 2),
         ("tcp", "tcp_retransmit_skb", "dport", 30, 2),

@@ -228,13 +228,23 @@ pub fn tcp_destroy_sock(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// Byte offset of `tcp_gso_segs` in `struct sk_buff` (via `cb`), set by the loader.
+#[unsafe(no_mangle)]
+static SKB_TCP_GSO_SEGS_OFFSET: u32 = 0;
+
 #[tracepoint]
 pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
     use layout::tcp_retransmit_skb as f;
     let skaddr: u64 = at(&ctx, f::SKADDR);
     let family: u16 = at(&ctx, f::FAMILY);
     let (key, _) = sock_key(skaddr, family, at(&ctx, f::DPORT), || addr(&ctx, family, f::DADDR, f::DADDR_V6));
-    bump(&key, |s| s.retransmits += 1);
+    // One event per retransmitted skb, which may carry several segments (a TSO burst, a tail
+    // loss probe of a large write): count what the kernel counts in TcpRetransSegs.
+    let skb: u64 = at(&ctx, f::SKBADDR);
+    // SAFETY: .rodata constant set by the loader; probe read of the skb being retransmitted.
+    let off = unsafe { core::ptr::read_volatile(&SKB_TCP_GSO_SEGS_OFFSET) } as u64;
+    let segs = unsafe { bpf_probe_read_kernel((skb + off) as *const u16) }.unwrap_or(1).max(1);
+    bump(&key, |s| s.retransmits += segs as u64);
     0
 }
 
