@@ -54,6 +54,13 @@ impl Histogram {
         self.count == 0
     }
 
+    /// Removes every sample, keeping the allocation.
+    pub fn clear(&mut self) {
+        self.count = 0;
+        self.sum_ns = 0;
+        self.buckets.clear();
+    }
+
     /// Adds `other`'s samples.
     pub fn merge(&mut self, other: &Histogram) {
         if other.count == 0 {
@@ -184,6 +191,27 @@ impl HostCounters {
     /// Whether nothing happened.
     pub fn is_zero(&self) -> bool {
         *self == HostCounters::default()
+    }
+
+    /// Back to nothing, keeping the allocations (for a scratch value reused in a loop).
+    pub fn clear(&mut self) {
+        // Rebuilt from the default so that a counter added later is reset too.
+        let old = std::mem::take(self);
+        *self = HostCounters {
+            runq: old.runq,
+            io_lat: old.io_lat,
+            connect: old.connect,
+            io_devices: old.io_devices,
+            syscall_errors: old.syscall_errors,
+            syscall_lat: old.syscall_lat,
+            ..Default::default()
+        };
+        self.runq.clear();
+        self.io_lat.clear();
+        self.connect.clear();
+        self.io_devices.clear();
+        self.syscall_errors.clear();
+        self.syscall_lat.clear();
     }
 
     /// Adds the scheduler/memory/process delta `cur - prev`.

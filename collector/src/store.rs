@@ -426,17 +426,6 @@ pub struct Health {
     pub services_evicted: u64,
 }
 
-/// One service's activity over a few seconds, from [`Store::activity`].
-#[derive(Clone, Debug)]
-pub struct Activity {
-    /// The service.
-    pub service: ServiceId,
-    /// Whole-host counters.
-    pub host: HostCounters,
-    /// TCP counters.
-    pub tcp: TcpCounters,
-}
-
 /// The collector's memory: per-service series, events, the live process table, health.
 #[derive(Default)]
 pub struct Store {
@@ -571,16 +560,23 @@ impl Store {
         self.now
     }
 
-    /// What every service did in the seconds `(from, to]` (at most the one-second ring's
-    /// span), services with no activity there left out: the per-step input of the predictor.
-    pub fn activity(&self, from: u64, to: u64) -> Vec<Activity> {
+    /// Calls `f` with what each service did in the seconds `(from, to]` (at most the
+    /// one-second ring's span), services with no activity there left out: the per-step input of
+    /// the predictor. Runs once a second over every service, so it lends one reused scratch
+    /// value instead of building a copy per service.
+    pub fn for_each_activity(
+        &self,
+        from: u64,
+        to: u64,
+        mut f: impl FnMut(&ServiceId, &HostCounters, &TcpCounters),
+    ) {
         let secs = to.saturating_sub(from).clamp(1, FINE_SLOTS);
-        let mut out = Vec::new();
+        let mut host = HostCounters::default();
         for (id, st) in &self.services {
             if st.last_seen <= from {
                 continue;
             }
-            let mut host = HostCounters::default();
+            host.clear();
             for slot in st.host.fine.window(to, secs) {
                 slot.add_to(&mut host);
             }
@@ -589,10 +585,9 @@ impl Store {
                 tcp += slot.total;
             }
             if !host.is_zero() || !tcp.is_zero() {
-                out.push(Activity { service: id.clone(), host, tcp });
+                f(id, &host, &tcp);
             }
         }
-        out
     }
 
     /// Mutable access to health counters, for the collector.

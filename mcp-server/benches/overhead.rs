@@ -6,8 +6,8 @@
 //! 3. MCP tool-call latency over stdio against the real binary;
 //! 4. a syscall-heavy load (failing opens on every core) with the collector attached vs
 //!    detached, and how many syscall events per second the programs absorb;
-//! 5. the real binary's resident memory while 1,000 live processes (each its own service)
-//!    wake up, switch and fail syscalls;
+//! 5. the real binary's resident memory while 1,000 live processes wake up, switch and fail
+//!    syscalls: each its own service (the worst case), then as 50 services;
 //! 6. the collector's poll rate while the anomaly model trains beside it on busy cores.
 //!
 //! Run: `cargo bench -p bpfsight --bench overhead` (prints a report; not a test);
@@ -59,7 +59,10 @@ fn main() {
         syscall_load();
     }
     if want("rss") {
-        rss_under_processes(1000);
+        // The worst case (every process its own service, busy every second), then a more
+        // usual host: the same 1,000 processes as 50 services of 20.
+        rss_under_processes(1000, 1000);
+        rss_under_processes(1000, 50);
     }
     if want("training") {
         training_vs_collector();
@@ -220,12 +223,12 @@ fn syscall_load() {
     );
 }
 
-fn rss_under_processes(n: usize) {
+fn rss_under_processes(n: usize, services: usize) {
     let me = std::env::current_exe().expect("own path");
     let mut children: Vec<_> = (0..n)
         .filter_map(|i| {
             Command::new(&me)
-                .env("BPFSIGHT_BENCH_CHILD", format!("svc-{i}"))
+                .env("BPFSIGHT_BENCH_CHILD", format!("svc-{}", i % services))
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .spawn()
@@ -248,7 +251,7 @@ fn rss_under_processes(n: usize) {
             .unwrap_or(0)
     };
     println!(
-        "5. Resident memory of `bpfsight serve` with {} live processes, each its own service",
+        "5. Resident memory of `bpfsight serve` with {} live processes in {services} services, each busy every second",
         children.len()
     );
     let start = Instant::now();

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use bpfsight_collector::Store;
 use bpfsight_collector::host::HostCounters;
-use bpfsight_collector::store::Activity;
 use bpfsight_collector::tcp::TcpCounters;
 use bpfsight_predictor::engine::{
     Engine, EngineConfig, EngineError, FeatureForecast, HOST, Judgement, ModelStatus,
@@ -19,6 +18,43 @@ use serde::Serialize;
 
 /// Services judged per step besides the host (the busiest).
 pub const MAX_SERVICES: usize = 31;
+
+/// One step's feature rows over the seconds `(from, to]`: the host (every service together)
+/// first, then the busiest services, at most [`MAX_SERVICES`]. Scopes the engine already
+/// tracks (`tracked`) count double when ranking: among services about equally busy, the set
+/// judged stays put instead of changing every second, which would throw away each newcomer's
+/// history (and churn memory) for nothing.
+pub fn step_rows(store: &Store, from: u64, to: u64, tracked: &[String]) -> Vec<(String, Vec<f32>)> {
+    let secs = to.saturating_sub(from).clamp(1, 60) as f64;
+    let mut host_h = HostCounters::default();
+    let mut host_t = TcpCounters::default();
+    // (rank, service, features), the weakest replaced when a busier one comes.
+    let mut top: Vec<(u64, String, Vec<f32>)> = Vec::with_capacity(MAX_SERVICES);
+    store.for_each_activity(from, to, |id, h, t| {
+        host_h.merge(h);
+        host_t += *t;
+        // A process named `host` (the DNS tool, say) must not be mixed into the host scope.
+        if id.as_str() == HOST {
+            return;
+        }
+        let mut rank = h.oncpu_ns + t.errors() * 1_000_000;
+        if tracked.iter().any(|s| s == id.as_str()) {
+            rank = rank.saturating_mul(2).max(1);
+        }
+        if top.len() < MAX_SERVICES {
+            top.push((rank, id.to_string(), features(h, t, secs)));
+        } else if let Some(weakest) = top.iter_mut().min_by_key(|(r, _, _)| *r)
+            && rank > weakest.0
+        {
+            *weakest = (rank, id.to_string(), features(h, t, secs));
+        }
+    });
+    top.sort_by_key(|(r, _, _)| std::cmp::Reverse(*r));
+    let mut rows = Vec::with_capacity(top.len() + 1);
+    rows.push((HOST.to_string(), features(&host_h, &host_t, secs)));
+    rows.extend(top.into_iter().map(|(_, name, f)| (name, f)));
+    rows
+}
 
 /// The feature vector of `h` + `tcp` over `secs` seconds, in [`Schema::host`] order.
 pub fn features(h: &HostCounters, tcp: &TcpCounters, secs: f64) -> Vec<f32> {
@@ -129,35 +165,19 @@ impl Predictor {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             loop {
                 tick.tick().await;
-                let (now, acts) = match store.read() {
-                    Ok(s) if s.now() > last => (s.now(), s.activity(last, s.now())),
+                let tracked = me.engine().scopes();
+                let (now, rows) = match store.read() {
+                    Ok(s) if s.now() > last => (s.now(), step_rows(&s, last, s.now(), &tracked)),
                     _ => continue,
                 };
-                let secs = now.saturating_sub(last).clamp(1, 60);
                 last = now;
-                me.step(now, secs, acts);
+                me.step(now, rows);
             }
         })
     }
 
-    /// Judges one step made of `acts` over `secs` seconds ending at `now`.
-    pub fn step(self: &Arc<Self>, now: u64, secs: u64, mut acts: Vec<Activity>) {
-        let mut host_h = HostCounters::default();
-        let mut host_t = TcpCounters::default();
-        for a in &acts {
-            host_h.merge(&a.host);
-            host_t += a.tcp;
-        }
-        let s = secs as f64;
-        let mut rows = vec![(HOST.to_string(), features(&host_h, &host_t, s))];
-        acts.sort_by_key(|a| std::cmp::Reverse(a.host.oncpu_ns + a.tcp.errors() * 1_000_000));
-        // A process named `host` (the DNS tool, say) must not be mixed into the host scope.
-        rows.extend(
-            acts.iter()
-                .filter(|a| a.service.as_str() != HOST)
-                .take(MAX_SERVICES)
-                .map(|a| (a.service.to_string(), features(&a.host, &a.tcp, s))),
-        );
+    /// Judges one step: `rows` from [`step_rows`], ending at `now`.
+    pub fn step(self: &Arc<Self>, now: u64, rows: Vec<(String, Vec<f32>)>) {
         let job = {
             let mut e = self.engine();
             e.push(now, rows);
@@ -245,5 +265,60 @@ impl Predictor {
             horizon_s: horizon,
             method: METHOD,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bpfsight_collector::service::{IdentitySource, ServiceId};
+
+    /// A store where services `svc-0..n` each used `cpu_ms(i)` of CPU at second 10.
+    fn store(n: usize, cpu_ms: impl Fn(usize) -> u64) -> Store {
+        let mut s = Store::new(0);
+        for i in 0..n {
+            let h = HostCounters { oncpu_ns: cpu_ms(i) * 1_000_000, vol_switches: 1, ..Default::default() };
+            s.record_host(
+                10,
+                &ServiceId::new(&format!("svc-{i}")),
+                IdentitySource::ProcessName,
+                &[i as u32 + 1],
+                &h,
+            );
+        }
+        let h = HostCounters { oncpu_ns: 999_000_000, ..Default::default() };
+        s.record_host(10, &ServiceId::new("host"), IdentitySource::ProcessName, &[9999], &h);
+        s
+    }
+
+    #[test]
+    fn step_rows_are_the_host_then_the_busiest_services() {
+        let s = store(100, |i| i as u64 + 1);
+        let rows = step_rows(&s, 9, 10, &[]);
+        assert_eq!(rows.len(), 1 + MAX_SERVICES);
+        assert_eq!(rows[0].0, HOST);
+        // svc-99 used the most CPU; a process named `host` is counted in the host row only.
+        assert_eq!(rows[1].0, "svc-99");
+        assert!(rows.iter().skip(1).all(|(n, _)| n != HOST));
+        let cpu = Schema::host().len() - 1;
+        let all_ms: u64 = (1..=100).sum::<u64>() + 999;
+        assert!((rows[0].1[cpu] as f64 - all_ms as f64 / 10.0).abs() < 0.01, "{:?}", rows[0].1);
+    }
+
+    #[test]
+    fn tracked_scopes_keep_their_place_among_equals() {
+        // 100 equally busy services: whichever are tracked stay, whatever the map order.
+        let s = store(100, |_| 5);
+        let tracked: Vec<String> = (60..60 + MAX_SERVICES).map(|i| format!("svc-{i}")).collect();
+        let rows = step_rows(&s, 9, 10, &tracked);
+        let mut got: Vec<String> = rows.into_iter().skip(1).map(|(n, _)| n).collect();
+        got.sort();
+        let mut want = tracked.clone();
+        want.sort();
+        assert_eq!(got, want);
+        // A service twice as busy still gets in.
+        let s = store(100, |i| if i == 3 { 11 } else { 5 });
+        let rows = step_rows(&s, 9, 10, &tracked);
+        assert!(rows.iter().any(|(n, _)| n == "svc-3"));
     }
 }
