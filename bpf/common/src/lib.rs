@@ -218,16 +218,6 @@ impl LatHist {
             self.buckets[b] += 1;
         }
     }
-
-    /// Adds the samples of `other`.
-    #[inline(always)]
-    pub fn merge(&mut self, other: &LatHist) {
-        self.count += other.count;
-        self.sum_ns += other.sum_ns;
-        for i in 0..HIST_BUCKETS {
-            self.buckets[i] += other.buckets[i];
-        }
-    }
 }
 
 /// Per-process scheduler, memory and process-life counters, per CPU, cumulative; keyed by

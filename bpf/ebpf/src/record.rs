@@ -27,6 +27,19 @@ pub fn current_owner() -> Owner {
     }
 }
 
+/// A field of a BTF-typed kernel pointer (a tp_btf argument), at the byte offset held in the
+/// `.rodata` static `off` that the loader set from the kernel's BTF. `.rodata` is frozen, so the
+/// verifier sees a constant offset, checks the load against the pointer's BTF type and turns it
+/// into a guarded direct load: no helper call.
+#[inline(always)]
+pub fn btf_field<T: Copy>(ptr: u64, off: &u32) -> T {
+    // SAFETY: the offset is a loader-set constant; the load is verified against BTF.
+    unsafe {
+        let off = core::ptr::read_volatile(off) as u64;
+        core::ptr::read_volatile((ptr + off) as *const T)
+    }
+}
+
 #[inline(always)]
 pub fn now_ns() -> u64 {
     // SAFETY: helper without preconditions.

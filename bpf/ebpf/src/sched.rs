@@ -14,7 +14,7 @@ use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 use bpfsight_common::{HIST_BUCKETS, hist_bucket};
 
 use crate::maps::{FLUSH_MAX_SAMPLES, FLUSH_NS, claim_slot, flush_slot, thread_slot};
-use crate::record::current_owner;
+use crate::record::{btf_field as field, current_owner};
 
 /// Byte offset of `pid` (the thread id) in `struct task_struct`, set by the loader.
 #[unsafe(no_mangle)]
@@ -34,18 +34,6 @@ static TASK_SUM_EXEC_OFFSET: u32 = 0;
 
 /// `TASK_DEAD` in `task_struct::__state`: the task's last switch.
 const TASK_DEAD: u64 = 0x80;
-
-/// A field of `task`, a BTF `task_struct` pointer, at the offset held in `off`. The offset is
-/// a frozen `.rodata` constant, so the verifier checks the load against the kernel's BTF and
-/// turns it into a guarded direct load.
-#[inline(always)]
-fn field<T: Copy>(task: u64, off: &u32) -> T {
-    // SAFETY: .rodata constant set by the loader; a field load through a BTF pointer.
-    unsafe {
-        let off = core::ptr::read_volatile(off) as u64;
-        core::ptr::read_volatile((task + off) as *const T)
-    }
-}
 
 #[btf_tracepoint(function = "sched_switch")]
 pub fn sched_switch(ctx: BtfTracePointContext) -> u32 {

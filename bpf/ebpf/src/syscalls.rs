@@ -9,7 +9,7 @@ use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::btf_tracepoint, progra
 use bpfsight_common::{MAX_ERRNO, SyscallKey};
 
 use crate::maps::{SYSCALL_START, bump_syscall_error, bump_syscall_lat, store_start, take_start};
-use crate::record::{current_owner, now_ns};
+use crate::record::{btf_field, current_owner, now_ns};
 
 /// Byte offset of the syscall number in `struct pt_regs` (`orig_ax`), set by the loader.
 #[unsafe(no_mangle)]
@@ -36,7 +36,8 @@ pub fn sys_enter(ctx: BtfTracePointContext) -> u32 {
 pub fn sys_exit(ctx: BtfTracePointContext) -> u32 {
     // sys_exit(struct pt_regs *regs, long ret)
     let ret: i64 = ctx.arg(1);
-    let nr = syscall_nr(ctx.arg(0));
+    // The syscall number saved in `regs` (`orig_ax`).
+    let nr: i64 = btf_field(ctx.arg(0), &PT_REGS_SYSCALL_NR_OFFSET);
     let failed = ret < 0 && ret >= -(MAX_ERRNO as i64);
     let slow = is_slow(nr);
     if !failed && !slow {
@@ -53,16 +54,4 @@ pub fn sys_exit(ctx: BtfTracePointContext) -> u32 {
         bump_syscall_error(&SyscallKey { owner, nr: nr as u32, errno: (-ret) as u32 });
     }
     0
-}
-
-/// The syscall number saved in `regs`, a BTF `pt_regs` pointer. The offset is a frozen
-/// `.rodata` constant, so the verifier checks the load against the kernel's BTF and turns it
-/// into a guarded direct load.
-#[inline(always)]
-fn syscall_nr(regs: u64) -> i64 {
-    // SAFETY: .rodata constant set by the loader; a field load through a BTF pointer.
-    unsafe {
-        let off = core::ptr::read_volatile(&PT_REGS_SYSCALL_NR_OFFSET) as u64;
-        core::ptr::read_volatile((regs + off) as *const i64)
-    }
 }
