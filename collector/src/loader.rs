@@ -6,13 +6,13 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
 use aya::programs::{BtfTracePoint, TracePoint};
 use aya::{Ebpf, EbpfLoader};
 use bpfsight_common::programs::{self, Hook};
 use bpfsight_common::{
     ConnKey, ConnStats, Counter, IoKey, IoStats, LatHist, ListenKey, Owner, ProcEvent, ProcStats, SendStats,
-    SockState, SyscallKey, TcpEvent, globals, maps,
+    SockBucket, SockState, SyscallKey, TcpEvent, globals, maps,
 };
 
 use crate::error::CollectorError;
@@ -79,7 +79,7 @@ pub struct Programs {
     ebpf: Ebpf,
     conn_stats: PerCpuHashMap<MapData, ConnKey, ConnStats>,
     send_stats: PerCpuHashMap<MapData, u64, SendStats>,
-    socks: BpfHashMap<MapData, u64, SockState>,
+    socks: Array<MapData, SockBucket>,
     listeners: BpfHashMap<MapData, ListenKey, Owner>,
     events: RingBuf<MapData>,
     counters: PerCpuArray<MapData, u64>,
@@ -302,7 +302,7 @@ impl Programs {
             .map_err(|e| CollectorError::load("map CONN_STATS", e))?;
         let send_stats = PerCpuHashMap::try_from(take(&mut ebpf, maps::SEND_STATS)?)
             .map_err(|e| CollectorError::load("map SEND_STATS", e))?;
-        let socks = BpfHashMap::try_from(take(&mut ebpf, maps::SOCKS)?)
+        let socks = Array::try_from(take(&mut ebpf, maps::SOCKS)?)
             .map_err(|e| CollectorError::load("map SOCKS", e))?;
         let listeners = BpfHashMap::try_from(take(&mut ebpf, maps::LISTENERS)?)
             .map_err(|e| CollectorError::load("map LISTENERS", e))?;
@@ -399,7 +399,9 @@ impl Programs {
 
     /// What the kernel side knows of a socket (owner, peer), if it still exists.
     pub fn socket(&self, sk: u64) -> Option<SockState> {
-        self.socks.get(&sk, 0).ok()
+        let bucket = self.socks.get(&bpfsight_common::sock_bucket(sk), 0).ok()?;
+        let way = bucket.sk.iter().position(|&s| s == sk && sk != 0)?;
+        Some(bucket.state[way])
     }
 
     /// Tells the kernel side who owns a listening port (for listeners opened before we were).

@@ -7,13 +7,74 @@ use aya_ebpf::{
 };
 use bpfsight_common::{
     COUNTERS_LEN, ConnKey, ConnStats, Counter, InflightIo, IoKey, IoReqKey, IoStats, LatHist, ListenKey,
-    Owner, ProcStats, SendStats, SockState, SyscallKey,
+    Owner, ProcStats, SOCK_BUCKETS, SOCK_WAYS, SendStats, SockBucket, SockState, SyscallKey, sock_bucket,
+    sock_flags,
 };
 
-/// Sockets we track, deleted by `tcp_destroy_sock`. A plain hash rather than an LRU: LRU
-/// deletes cost more, and every tracked socket is destroyed through that hook.
+/// Sockets we track, by [`sock_bucket`], freed by `tcp_destroy_sock` (see [`SockBucket`]).
 #[map(name = "SOCKS")]
-pub static SOCKS: HashMap<u64, SockState> = HashMap::with_max_entries(65536, 0);
+pub static SOCKS: Array<SockBucket> = Array::with_max_entries(SOCK_BUCKETS, 0);
+
+/// The way of socket `sk` in its bucket, if it is tracked.
+#[inline(always)]
+fn sock_way(b: &SockBucket, sk: u64) -> Option<usize> {
+    (0..SOCK_WAYS).find(|&w| b.sk[w] == sk)
+}
+
+/// The bucket of socket `sk`.
+#[inline(always)]
+fn sock_bucket_of(sk: u64) -> Option<&'static mut SockBucket> {
+    // SAFETY: array value pointer, valid for the program run. Two CPUs touch one bucket at once
+    // only for sockets that hash alike, or one socket's process and softirq sides, which the
+    // socket lock mostly serialises.
+    SOCKS.get_ptr_mut(sock_bucket(sk)).map(|b| unsafe { &mut *b })
+}
+
+/// The tracked state of socket `sk`, if any.
+#[inline(always)]
+pub fn sock_get(sk: u64) -> Option<&'static mut SockState> {
+    if sk == 0 {
+        return None;
+    }
+    let b = sock_bucket_of(sk)?;
+    let w = sock_way(b, sk)?;
+    b.state.get_mut(w)
+}
+
+/// Tracks socket `sk` as `st`: in its own way if it has one, else a free one, else a closed
+/// socket's, else the last (counted: that socket's later events go unattributed).
+#[inline(always)]
+pub fn sock_put(sk: u64, st: &SockState) {
+    let Some(b) = sock_bucket_of(sk) else { return };
+    let w = match sock_way(b, sk).or_else(|| sock_way(b, 0)) {
+        Some(w) => w,
+        None => match (0..SOCK_WAYS).find(|&w| b.state[w].flags & sock_flags::CLOSED != 0) {
+            Some(w) => w,
+            None => {
+                count(Counter::SockInsertFailed);
+                SOCK_WAYS - 1
+            }
+        },
+    };
+    if w < SOCK_WAYS {
+        b.sk[w] = sk;
+        b.state[w] = *st;
+    }
+}
+
+/// Stops tracking socket `sk`.
+#[inline(always)]
+pub fn sock_forget(sk: u64) {
+    if sk == 0 {
+        return;
+    }
+    if let Some(b) = sock_bucket_of(sk)
+        && let Some(w) = sock_way(b, sk)
+        && w < SOCK_WAYS
+    {
+        b.sk[w] = 0;
+    }
+}
 
 /// Per-socket send counters: the hottest path, so an 8-byte key and nothing else.
 #[map(name = "SEND_STATS")]

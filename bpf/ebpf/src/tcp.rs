@@ -19,7 +19,9 @@ use bpfsight_common::{
     layout, sock_flags,
 };
 
-use crate::maps::{EVENTS, LISTENERS, SEND_STATS, SOCKS, bump, bump_connect_lat, count};
+use crate::maps::{
+    EVENTS, LISTENERS, SEND_STATS, bump, bump_connect_lat, count, sock_forget, sock_get, sock_put,
+};
 use crate::record::{at, current_owner, now_ns};
 
 const TCP_ESTABLISHED: i32 = 1;
@@ -42,35 +44,37 @@ fn addr4(ctx: &TracePointContext, off: usize) -> [u8; 4] {
     }
 }
 
+/// An IPv4 address in the 16-byte form the maps use. Built from words, not bytes: zeroing a
+/// byte array compiles to a byte-by-byte `memset` loop in BPF.
+#[inline(always)]
+fn v4_in_16(a: [u8; 4]) -> [u8; 16] {
+    // SAFETY: same size, and every bit pattern is a valid `[u8; 16]`.
+    unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>([u32::from_ne_bytes(a), 0, 0, 0]) }
+}
+
 /// An IPv6 address from the record (see [`addr4`]).
 #[inline(always)]
 fn addr16(ctx: &TracePointContext, off: usize) -> [u8; 16] {
-    let mut out = [0u8; 16];
+    // SAFETY (all three): same size, and every bit pattern is a valid `[u8; 16]`.
     if off % 8 == 0 {
-        out[..8].copy_from_slice(&at::<u64>(ctx, off).to_ne_bytes());
-        out[8..].copy_from_slice(&at::<u64>(ctx, off + 8).to_ne_bytes());
+        let w: [u64; 2] = [at(ctx, off), at(ctx, off + 8)];
+        unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>(w) }
     } else if off % 4 == 0 {
-        for i in 0..4 {
-            out[i * 4..i * 4 + 4].copy_from_slice(&at::<u32>(ctx, off + i * 4).to_ne_bytes());
-        }
+        let w: [u32; 4] = [at(ctx, off), at(ctx, off + 4), at(ctx, off + 8), at(ctx, off + 12)];
+        unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(w) }
     } else {
-        for i in 0..8 {
-            out[i * 2..i * 2 + 2].copy_from_slice(&at::<u16>(ctx, off + i * 2).to_ne_bytes());
+        let mut w = [0u16; 8];
+        for (i, x) in w.iter_mut().enumerate() {
+            *x = at(ctx, off + i * 2);
         }
+        unsafe { core::mem::transmute::<[u16; 8], [u8; 16]>(w) }
     }
-    out
 }
 
 /// Reads the address for `family` from the v4 or the v6 field.
 #[inline(always)]
 fn addr(ctx: &TracePointContext, family: u16, v4: usize, v6: usize) -> [u8; 16] {
-    if family == AF_INET6 {
-        addr16(ctx, v6)
-    } else {
-        let mut out = [0u8; 16];
-        out[..4].copy_from_slice(&addr4(ctx, v4));
-        out
-    }
+    if family == AF_INET6 { addr16(ctx, v6) } else { v4_in_16(addr4(ctx, v4)) }
 }
 
 #[inline(always)]
@@ -82,8 +86,7 @@ fn key_for(owner: &Owner, family: u16, peer_port: u16, peer_addr: [u8; 16]) -> C
 /// socket we never saw, `[unattributed]` with the peer from the record.
 #[inline(always)]
 fn sock_key(skaddr: u64, family: u16, dport: u16, daddr: impl FnOnce() -> [u8; 16]) -> (ConnKey, Owner) {
-    // SAFETY: read-only lookup, copied out.
-    match unsafe { SOCKS.get(&skaddr) } {
+    match sock_get(skaddr) {
         Some(s) => (key_for(&s.owner, s.family, s.peer_port, s.peer_addr), s.owner),
         None => (key_for(&Owner::UNKNOWN, family, dport, daddr()), Owner::UNKNOWN),
     }
@@ -144,9 +147,7 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
                 // The SYN's time until ESTABLISHED, for the handshake latency.
                 opened_ns: now_ns(),
             };
-            if SOCKS.insert(&skaddr, &st, 0).is_err() {
-                count(Counter::SockInsertFailed);
-            }
+            sock_put(skaddr, &st);
         }
         // listen(): process context.
         (_, TCP_LISTEN) => {
@@ -156,9 +157,7 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
             let _ = LISTENERS.remove(&ListenKey { family, port: sport });
         }
         (TCP_SYN_SENT, TCP_ESTABLISHED) => {
-            if let Some(st) = SOCKS.get_ptr_mut(&skaddr) {
-                // SAFETY: map value pointer, valid for this program run.
-                let st = unsafe { &mut *st };
+            if let Some(st) = sock_get(skaddr) {
                 st.flags |= sock_flags::ESTABLISHED;
                 let now = now_ns();
                 if st.opened_ns != 0 {
@@ -182,9 +181,7 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
                 peer_addr: addr(&ctx, family, f::DADDR, f::DADDR_V6),
                 opened_ns: now_ns(),
             };
-            if SOCKS.insert(&skaddr, &st, 0).is_err() {
-                count(Counter::SockInsertFailed);
-            }
+            sock_put(skaddr, &st);
             bump(&key_for(&owner, family, 0, st.peer_addr), |s| s.opened_passive += 1);
         }
         (TCP_SYN_SENT, TCP_CLOSE) => {
@@ -193,12 +190,10 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
             bump(&key, |s| s.failed_connects += 1);
             let local = addr(&ctx, family, f::SADDR, f::SADDR_V6);
             emit(TcpEventKind::FailedConnect, owner, family, sport, dport, local, key.peer_addr);
-            let _ = SOCKS.remove(&skaddr);
+            sock_forget(skaddr);
         }
         (_, TCP_CLOSE) => {
-            if let Some(st) = SOCKS.get_ptr_mut(&skaddr) {
-                // SAFETY: map value pointer, valid for this program run.
-                let st = unsafe { &mut *st };
+            if let Some(st) = sock_get(skaddr) {
                 // Only connections whose open we counted are counted closed, so that
                 // opened - closed is exactly the number still established.
                 if st.flags & sock_flags::ESTABLISHED != 0
@@ -222,8 +217,7 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn tcp_destroy_sock(ctx: TracePointContext) -> u32 {
-    let skaddr: u64 = at(&ctx, layout::tcp_receive_reset::SKADDR);
-    let _ = SOCKS.remove(&skaddr);
+    sock_forget(at(&ctx, layout::tcp_receive_reset::SKADDR));
     // SEND_STATS is left for user space, which reads the final counts before deleting it.
     0
 }
@@ -275,13 +269,7 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
 fn sockaddr(ctx: &TracePointContext, off: usize) -> (u16, u16, [u8; 16]) {
     let family: u16 = at(ctx, off);
     let port = u16::from_be(at::<u16>(ctx, off + 2));
-    let addr = if family == AF_INET6 {
-        addr16(ctx, off + 8)
-    } else {
-        let mut a = [0u8; 16];
-        a[..4].copy_from_slice(&addr4(ctx, off + 4));
-        a
-    };
+    let addr = if family == AF_INET6 { addr16(ctx, off + 8) } else { v4_in_16(addr4(ctx, off + 4)) };
     (family, port, addr)
 }
 
@@ -360,8 +348,10 @@ fn send_slow_path(sk: u64, ret: i32) {
     if SEND_STATS.insert(&sk, &first, 0).is_err() {
         count(Counter::SendStatsFull);
     }
-    // SAFETY: read-only presence check.
-    if unsafe { SOCKS.get(&sk) }.is_none() {
+    // The verifier forbids hashing a BTF pointer; a copy through a helper is a plain number.
+    // SAFETY: reads our own stack.
+    let Ok(sk) = (unsafe { bpf_probe_read_kernel(&sk as *const u64) }) else { return };
+    if sock_get(sk).is_none() {
         learn_owner(sk, family);
     }
 }
@@ -369,12 +359,12 @@ fn send_slow_path(sk: u64, ret: i32) {
 /// owner so that its retransmits and resets are attributed too.
 #[inline(always)]
 fn learn_owner(sk: u64, family: u16) {
-    let mut peer_addr = [0u8; 16];
+    let mut peer_addr = v4_in_16([0; 4]);
     let mut peer_port = 0u16;
     if family == AF_INET {
         // SAFETY: probe reads of kernel memory; failure leaves zeros.
         if let Ok(a) = unsafe { bpf_probe_read_kernel((sk as usize + SKC_DADDR) as *const [u8; 4]) } {
-            peer_addr[..4].copy_from_slice(&a);
+            peer_addr = v4_in_16(a);
         }
         if let Ok(p) = unsafe { bpf_probe_read_kernel((sk as usize + SKC_DPORT) as *const u16) } {
             peer_port = u16::from_be(p);
@@ -397,7 +387,5 @@ fn learn_owner(sk: u64, family: u16) {
         // Open not seen: neither its close nor its duration is counted.
         opened_ns: 0,
     };
-    if SOCKS.insert(&sk, &st, 0).is_err() {
-        count(Counter::SockInsertFailed);
-    }
+    sock_put(sk, &st);
 }
