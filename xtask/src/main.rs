@@ -5,7 +5,7 @@
 //! `cargo build` needs no BPF toolchain. `--check` builds into a scratch directory and fails
 //! if the committed object differs (CI runs it).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
@@ -23,8 +23,13 @@ fn main() -> Result<()> {
     }
 }
 
+/// The workspace being built. `cargo run` sets CARGO_MANIFEST_DIR at run time too; prefer it to
+/// the compile-time path, because clones sharing one CARGO_TARGET_DIR (CI's cache) share one
+/// xtask binary, built for whichever clone came first.
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    manifest_dir.parent().expect("xtask lives in the workspace").to_path_buf()
 }
 
 fn build_bpf(check: bool) -> Result<()> {

@@ -2,14 +2,14 @@
 //! that issued the request (at issue time), per device.
 
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use bpfsight_common::{Counter, InflightIo, IoKey, IoReqKey, layout::block_rq as f};
+use bpfsight_common::{InflightIo, IoKey, IoReqKey, layout::block_rq as f};
 
-use crate::maps::{IO_INFLIGHT, bump_io, count};
+use crate::maps::{bump_io, io_put, io_take};
 use crate::record::{at, current_owner, now_ns};
 
 #[inline(always)]
 fn req_key(ctx: &TracePointContext) -> IoReqKey {
-    IoReqKey { dev: at(ctx, f::DEV), _pad: 0, sector: at(ctx, f::SECTOR) }
+    IoReqKey { dev: at(ctx, f::DEV), used: 1, sector: at(ctx, f::SECTOR) }
 }
 
 #[tracepoint]
@@ -22,18 +22,14 @@ pub fn block_rq_issue(ctx: TracePointContext) -> u32 {
         bytes: at(&ctx, f::ISSUE_BYTES),
         write: (op == b'W' || op == b'F') as u32,
     };
-    if IO_INFLIGHT.insert(&req_key(&ctx), &io, 0).is_err() {
-        count(Counter::StartMapFull);
-    }
+    io_put(&req_key(&ctx), &io);
     0
 }
 
 #[tracepoint]
 pub fn block_rq_complete(ctx: TracePointContext) -> u32 {
     let key = req_key(&ctx);
-    // SAFETY: value copied out before the delete.
-    let Some(io) = (unsafe { IO_INFLIGHT.get(&key) }).copied() else { return 0 };
-    let _ = IO_INFLIGHT.remove(&key);
+    let Some(io) = io_take(&key) else { return 0 };
     let lat = now_ns().saturating_sub(io.issued_ns);
     let error: i32 = at(&ctx, f::COMPLETE_ERROR);
     bump_io(&IoKey { owner: io.owner, dev: key.dev, _pad: 0 }, |s| {

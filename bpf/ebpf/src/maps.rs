@@ -6,9 +6,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use bpfsight_common::{
-    COUNTERS_LEN, ConnKey, ConnStats, Counter, InflightIo, IoKey, IoReqKey, IoStats, LatHist, ListenKey,
-    Owner, ProcStats, SOCK_BUCKETS, SOCK_WAYS, SendStats, SockBucket, SockState, SyscallKey, sock_bucket,
-    sock_flags,
+    COUNTERS_LEN, ConnKey, ConnStats, Counter, IO_BUCKETS, IO_WAYS, InflightIo, IoBucket, IoKey, IoReqKey,
+    IoStats, LatHist, ListenKey, Owner, ProcStats, SOCK_BUCKETS, SOCK_WAYS, SendStats, SockBucket, SockState,
+    SyscallKey, io_bucket, sock_bucket, sock_flags,
 };
 
 /// Sockets we track, by [`sock_bucket`], freed by `tcp_destroy_sock` (see [`SockBucket`]).
@@ -272,9 +272,53 @@ pub fn claim_slot(t: &mut ThreadSlot, tid: u32, owner: Owner) {
     t.flushed_at = 0;
 }
 
-/// Block requests between issue and completion.
+/// Block requests between issue and completion, by [`io_bucket`] (see [`IoBucket`]).
 #[map(name = "IO_INFLIGHT")]
-pub static IO_INFLIGHT: HashMap<IoReqKey, InflightIo> = HashMap::with_max_entries(8192, 0);
+pub static IO_INFLIGHT: Array<IoBucket> = Array::with_max_entries(IO_BUCKETS, 0);
+
+/// The bucket of request `key`.
+#[inline(always)]
+fn io_bucket_of(key: &IoReqKey) -> Option<&'static mut IoBucket> {
+    // SAFETY: array value pointer, valid for the program run; two CPUs meet in one bucket only
+    // for requests that hash alike.
+    IO_INFLIGHT.get_ptr_mut(io_bucket(key.dev, key.sector)).map(|b| unsafe { &mut *b })
+}
+
+/// Remembers request `key` until its completion: in a free way, else in place of the oldest
+/// (a request whose completion was missed; counted).
+#[inline(always)]
+pub fn io_put(key: &IoReqKey, io: &InflightIo) {
+    let Some(b) = io_bucket_of(key) else { return };
+    let w = match (0..IO_WAYS).find(|&w| b.req[w] == *key || b.req[w].used == 0) {
+        Some(w) => w,
+        None => {
+            count(Counter::StartMapFull);
+            let mut oldest = 0;
+            for w in 1..IO_WAYS {
+                if b.io[w].issued_ns < b.io[oldest].issued_ns {
+                    oldest = w;
+                }
+            }
+            oldest
+        }
+    };
+    if w < IO_WAYS {
+        b.req[w] = *key;
+        b.io[w] = *io;
+    }
+}
+
+/// Takes request `key` out of the table, if it was issued while we watched.
+#[inline(always)]
+pub fn io_take(key: &IoReqKey) -> Option<InflightIo> {
+    let b = io_bucket_of(key)?;
+    let w = (0..IO_WAYS).find(|&w| b.req[w] == *key)?;
+    if w >= IO_WAYS {
+        return None;
+    }
+    b.req[w].used = 0;
+    Some(b.io[w])
+}
 
 #[map(name = "IO_STATS")]
 pub static IO_STATS: PerCpuHashMap<IoKey, IoStats> = PerCpuHashMap::with_max_entries(2048, 0);
