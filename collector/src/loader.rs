@@ -400,8 +400,11 @@ impl Programs {
     /// What the kernel side knows of a socket (owner, peer), if it still exists.
     pub fn socket(&self, sk: u64) -> Option<SockState> {
         let bucket = self.socks.get(&bpfsight_common::sock_bucket(sk), 0).ok()?;
-        let way = bucket.sk.iter().position(|&s| s == sk && sk != 0)?;
-        Some(bucket.state[way])
+        if sk == 0 {
+            return None;
+        }
+        let way = bucket.find(&sk)?;
+        Some(bucket.value[way])
     }
 
     /// Tells the kernel side who owns a listening port (for listeners opened before we were).

@@ -304,23 +304,15 @@ pub struct InflightIo {
 pub struct IoReqKey {
     /// Device.
     pub dev: u32,
-    /// 1 for a request in flight, 0 in a free way of an [`IoBucket`].
+    /// Always 1, so that no request's key is the all-zero key of a free way of an [`IoBucket`].
     pub used: u32,
     /// First sector.
     pub sector: u64,
 }
 
-/// Block requests in flight that hash alike: a 4-way set-associative table, for the same
-/// reason as [`SockBucket`] (a hash insert and delete per request cost several times a
-/// trivial program). The keys share one cache line.
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct IoBucket {
-    /// Key of each way (`used` 0: free).
-    pub req: [IoReqKey; IO_WAYS],
-    /// The request in each way.
-    pub io: [InflightIo; IO_WAYS],
-}
+/// Block requests in flight that hash alike (see [`Ways`]; a hash insert and delete per
+/// request cost several times a trivial program). A free way's key is all zeros.
+pub type IoBucket = Ways<IoReqKey, InflightIo, IO_WAYS>;
 
 /// Ways per [`IoBucket`].
 pub const IO_WAYS: usize = 4;
@@ -450,18 +442,60 @@ pub struct SockState {
     pub opened_ns: u64,
 }
 
-/// Sockets that hash alike: a 4-way set-associative table instead of a hash map, so tracking a
-/// socket costs a few stores (a hash map insert or delete takes a bucket lock and the free
-/// list, about 200 ns each, on every connect, accept and destroy). The tags share one cache
-/// line, so a lookup touches at most two.
+/// One bucket of a set-associative table kept in a BPF `ARRAY`: `N` entries whose keys hash
+/// alike. A hash map insert or delete takes a bucket lock and the free list, about 200 ns each
+/// here (a whole trivial program is ~85 ns); a way is a few stores. The keys come first and
+/// share a cache line, so a lookup touches at most two. The caller picks the victim when every
+/// way is taken, and says which key marks a free way.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
-pub struct SockBucket {
-    /// `struct sock` address of each way; 0 when the way is free.
-    pub sk: [u64; SOCK_WAYS],
-    /// The state of the socket in each way.
-    pub state: [SockState; SOCK_WAYS],
+pub struct Ways<K, V, const N: usize> {
+    /// Key of each way.
+    pub key: [K; N],
+    /// Value of each way.
+    pub value: [V; N],
 }
+
+impl<K: Copy + PartialEq, V: Copy, const N: usize> Ways<K, V, N> {
+    /// The way holding `key`.
+    #[inline(always)]
+    pub fn find(&self, key: &K) -> Option<usize> {
+        (0..N).find(|&w| self.key[w] == *key)
+    }
+
+    /// The value of `key`.
+    #[inline(always)]
+    pub fn get_mut(&mut self, key: &K) -> Option<&mut V> {
+        let w = self.find(key)?;
+        self.value.get_mut(w)
+    }
+
+    /// The way for `key`: its own, else the first whose key is `free`, in one pass.
+    #[inline(always)]
+    pub fn slot_for(&self, key: &K, free: &K) -> Option<usize> {
+        (0..N).find(|&w| self.key[w] == *key || self.key[w] == *free)
+    }
+
+    /// Stores `value` under `key` in way `w` (out of range: nothing).
+    #[inline(always)]
+    pub fn set(&mut self, w: usize, key: K, value: &V) {
+        if w < N {
+            self.key[w] = key;
+            self.value[w] = *value;
+        }
+    }
+
+    /// Frees way `w` by giving it the `free` key (out of range: nothing).
+    #[inline(always)]
+    pub fn clear(&mut self, w: usize, free: K) {
+        if w < N {
+            self.key[w] = free;
+        }
+    }
+}
+
+/// Sockets that hash alike (see [`Ways`]), keyed by `struct sock` address; 0 is a free way.
+pub type SockBucket = Ways<u64, SockState, SOCK_WAYS>;
 
 /// Ways per [`SockBucket`].
 pub const SOCK_WAYS: usize = 4;

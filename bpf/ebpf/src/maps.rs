@@ -15,12 +15,6 @@ use bpfsight_common::{
 #[map(name = "SOCKS")]
 pub static SOCKS: Array<SockBucket> = Array::with_max_entries(SOCK_BUCKETS, 0);
 
-/// The way of socket `sk` in its bucket, if it is tracked.
-#[inline(always)]
-fn sock_way(b: &SockBucket, sk: u64) -> Option<usize> {
-    (0..SOCK_WAYS).find(|&w| b.sk[w] == sk)
-}
-
 /// The bucket of socket `sk`.
 #[inline(always)]
 fn sock_bucket_of(sk: u64) -> Option<&'static mut SockBucket> {
@@ -36,9 +30,7 @@ pub fn sock_get(sk: u64) -> Option<&'static mut SockState> {
     if sk == 0 {
         return None;
     }
-    let b = sock_bucket_of(sk)?;
-    let w = sock_way(b, sk)?;
-    b.state.get_mut(w)
+    sock_bucket_of(sk)?.get_mut(&sk)
 }
 
 /// Tracks socket `sk` as `st`: in its own way if it has one, else a free one, else a closed
@@ -46,33 +38,23 @@ pub fn sock_get(sk: u64) -> Option<&'static mut SockState> {
 #[inline(always)]
 pub fn sock_put(sk: u64, st: &SockState) {
     let Some(b) = sock_bucket_of(sk) else { return };
-    let w = match sock_way(b, sk).or_else(|| sock_way(b, 0)) {
-        Some(w) => w,
-        None => match (0..SOCK_WAYS).find(|&w| b.state[w].flags & sock_flags::CLOSED != 0) {
-            Some(w) => w,
-            None => {
-                count(Counter::SockInsertFailed);
-                SOCK_WAYS - 1
-            }
-        },
-    };
-    if w < SOCK_WAYS {
-        b.sk[w] = sk;
-        b.state[w] = *st;
-    }
+    let w = b.slot_for(&sk, &0).unwrap_or_else(|| {
+        (0..SOCK_WAYS).find(|&w| b.value[w].flags & sock_flags::CLOSED != 0).unwrap_or_else(|| {
+            count(Counter::SockInsertFailed);
+            SOCK_WAYS - 1
+        })
+    });
+    b.set(w, sk, st);
 }
 
 /// Stops tracking socket `sk`.
 #[inline(always)]
 pub fn sock_forget(sk: u64) {
-    if sk == 0 {
-        return;
-    }
-    if let Some(b) = sock_bucket_of(sk)
-        && let Some(w) = sock_way(b, sk)
-        && w < SOCK_WAYS
+    if sk != 0
+        && let Some(b) = sock_bucket_of(sk)
+        && let Some(w) = b.find(&sk)
     {
-        b.sk[w] = 0;
+        b.clear(w, 0);
     }
 }
 
@@ -284,40 +266,35 @@ fn io_bucket_of(key: &IoReqKey) -> Option<&'static mut IoBucket> {
     IO_INFLIGHT.get_ptr_mut(io_bucket(key.dev, key.sector)).map(|b| unsafe { &mut *b })
 }
 
+/// The key of a free way in an [`IoBucket`].
+const FREE_REQ: IoReqKey = IoReqKey { dev: 0, used: 0, sector: 0 };
+
 /// Remembers request `key` until its completion: in a free way, else in place of the oldest
 /// (a request whose completion was missed; counted).
 #[inline(always)]
 pub fn io_put(key: &IoReqKey, io: &InflightIo) {
     let Some(b) = io_bucket_of(key) else { return };
-    let w = match (0..IO_WAYS).find(|&w| b.req[w] == *key || b.req[w].used == 0) {
-        Some(w) => w,
-        None => {
-            count(Counter::StartMapFull);
-            let mut oldest = 0;
-            for w in 1..IO_WAYS {
-                if b.io[w].issued_ns < b.io[oldest].issued_ns {
-                    oldest = w;
-                }
+    let w = b.slot_for(key, &FREE_REQ).unwrap_or_else(|| {
+        count(Counter::StartMapFull);
+        let mut oldest = 0;
+        for w in 1..IO_WAYS {
+            if b.value[w].issued_ns < b.value[oldest].issued_ns {
+                oldest = w;
             }
-            oldest
         }
-    };
-    if w < IO_WAYS {
-        b.req[w] = *key;
-        b.io[w] = *io;
-    }
+        oldest
+    });
+    b.set(w, *key, io);
 }
 
 /// Takes request `key` out of the table, if it was issued while we watched.
 #[inline(always)]
 pub fn io_take(key: &IoReqKey) -> Option<InflightIo> {
     let b = io_bucket_of(key)?;
-    let w = (0..IO_WAYS).find(|&w| b.req[w] == *key)?;
-    if w >= IO_WAYS {
-        return None;
-    }
-    b.req[w].used = 0;
-    Some(b.io[w])
+    let w = b.find(key)?;
+    let io = *b.value.get(w)?;
+    b.clear(w, FREE_REQ);
+    Some(io)
 }
 
 #[map(name = "IO_STATS")]
