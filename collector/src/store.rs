@@ -443,6 +443,8 @@ pub struct Store {
     /// The second the latest data belongs to; queries look back from here.
     pub(crate) now: u64,
     pub(crate) health: Health,
+    /// Bumped by every change: answers computed at one generation hold until the next.
+    generation: u64,
 }
 
 impl Store {
@@ -454,6 +456,7 @@ impl Store {
     /// Advances the store's clock to `now` (Unix seconds) and keeps the history within
     /// [`MAX_HISTORY_SLOTS`].
     pub fn tick(&mut self, now: u64) {
+        self.generation += 1;
         self.now = self.now.max(now);
         self.health.last_poll = now;
         let mut slots = self.slot_count();
@@ -493,6 +496,7 @@ impl Store {
         if delta.is_zero() {
             return;
         }
+        self.generation += 1;
         let st = self.service_mut(service, identity, pid);
         st.tcp.update(t, |s| s.add(peer, delta));
         st.opened_total += delta.opened();
@@ -514,6 +518,7 @@ impl Store {
         if delta.is_zero() {
             return;
         }
+        self.generation += 1;
         let st = self.service_mut(service, identity, pids.first().copied().unwrap_or(0));
         for p in pids.iter().skip(1) {
             if st.pids.len() >= MAX_PIDS_PER_SERVICE {
@@ -536,6 +541,7 @@ impl Store {
     /// Appends a discrete event, evicting the oldest past [`MAX_EVENTS`]; returns the `seq`
     /// assigned to it.
     pub fn push_event(&mut self, mut e: Event) -> u64 {
+        self.generation += 1;
         if self.events.len() >= MAX_EVENTS {
             self.events.pop_front();
             self.health.events_evicted += 1;
@@ -549,10 +555,17 @@ impl Store {
 
     /// Replaces the live process table.
     pub fn set_processes(&mut self, procs: crate::procs::ProcessTable) {
+        self.generation += 1;
         self.processes = procs.pids;
         self.cmdlines = procs.cmdlines;
         self.rss = procs.rss;
         self.exes = procs.exes;
+    }
+
+    /// Changes with every write to the store: two reads at the same generation see the same
+    /// data, so an answer computed at one can be given again until it moves.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// The second the latest data belongs to (Unix seconds).
@@ -592,6 +605,7 @@ impl Store {
 
     /// Mutable access to health counters, for the collector.
     pub fn health_mut(&mut self) -> &mut Health {
+        self.generation += 1;
         &mut self.health
     }
 
@@ -624,6 +638,43 @@ mod tests {
 
     fn rt(n: u64) -> TcpCounters {
         TcpCounters { retransmits: n, ..Default::default() }
+    }
+
+    #[test]
+    fn every_write_moves_the_generation() {
+        let mut s = Store::new(1000);
+        let svc = ServiceId::new("a");
+        let mut seen = vec![s.generation()];
+        s.record(1000, &svc, IdentitySource::ProcessName, 1, peer(80), rt(1));
+        seen.push(s.generation());
+        s.record_host(
+            1000,
+            &svc,
+            IdentitySource::ProcessName,
+            &[1],
+            &HostCounters { vol_switches: 1, ..Default::default() },
+        );
+        seen.push(s.generation());
+        s.push_event(Event {
+            seq: 0,
+            time_ms: 1,
+            kind: EventKind::FailedConnect,
+            service: svc.clone(),
+            pid: 1,
+            detail: EventDetail::Tcp { local: "127.0.0.1:1".into(), peer: "127.0.0.1:2".into() },
+        });
+        seen.push(s.generation());
+        s.set_processes(crate::procs::ProcessTable::default());
+        seen.push(s.generation());
+        s.health_mut().ringbuf_drops += 1;
+        seen.push(s.generation());
+        s.tick(1001);
+        seen.push(s.generation());
+        assert!(seen.windows(2).all(|w| w[0] < w[1]), "{seen:?}");
+        // A zero delta changes nothing, so answers computed before it still hold.
+        let g = s.generation();
+        s.record(1001, &svc, IdentitySource::ProcessName, 1, peer(80), TcpCounters::default());
+        assert_eq!(s.generation(), g);
     }
 
     #[test]

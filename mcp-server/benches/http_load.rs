@@ -2,7 +2,8 @@
 //! real binary with its live collector, authenticated with a bearer token. Prints errors,
 //! throughput and latency percentiles. Needs root (the server loads eBPF).
 //!
-//! Run: `cargo bench -p bpfsight --bench http_load` (SESSIONS and CALLS override the sizes).
+//! Run: `cargo bench -p bpfsight --bench http_load` (SESSIONS and CALLS override the sizes,
+//! BPFSIGHT_BIN another server binary).
 //!
 //! Client and server share the machine's cores, so the load generator's own CPU is part of
 //! every latency. `CLIENT=raw` (the default) drives the protocol with plain HTTP requests on a
@@ -33,7 +34,9 @@ fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let sessions = env_or("SESSIONS", 64);
     let calls = env_or("CALLS", 1000);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_bpfsight"))
+    // BPFSIGHT_BIN runs another build (an A/B comparison on the same machine minutes apart).
+    let bin = std::env::var("BPFSIGHT_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_bpfsight").to_string());
+    let mut child = Command::new(bin)
         .args(["serve", "--http", "127.0.0.1:0"])
         .env("BPFSIGHT_TOKENS", format!("bench read {TOKEN}"))
         .env("BPFSIGHT_LOG", "warn")
@@ -57,8 +60,10 @@ fn main() {
     std::thread::sleep(Duration::from_millis(1500)); // first collector poll
 
     let raw = std::env::var("CLIENT").map_or(true, |c| c != "rmcp");
-    // CLIENT_THREADS=1 leaves more of the cores to the server (the client then saturates first).
-    let client_threads = env_or("CLIENT_THREADS", 2);
+    // One client thread with 64 connections, like `wrk -t1 -c64`: client and server share two
+    // cores here, and a second client thread mostly competes with the server's two for them
+    // (CLIENT_THREADS=2 measures that).
+    let client_threads = env_or("CLIENT_THREADS", 1);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(client_threads)
         .enable_all()
@@ -75,7 +80,7 @@ fn main() {
     lat.sort_by(f64::total_cmp);
     let pct = |p: f64| lat[((lat.len() as f64 - 1.0) * p).round() as usize];
     println!(
-        "bpfsight HTTP load: {sessions} sessions x {calls} calls (streamable HTTP, bearer token, live collector, {} client)",
+        "bpfsight HTTP load: {sessions} sessions x {calls} calls (streamable HTTP, bearer token, live collector, {} client, {client_threads} client thread(s))",
         if raw { "raw HTTP" } else { "rmcp" }
     );
     println!("   calls: {}  errors: {errors}", lat.len());

@@ -147,6 +147,9 @@ pub fn router(server: BpfsightServer, cfg: &HttpConfig) -> Router {
     sc.sse_retry = None;
     let mut sessions = LocalSessionManager::default();
     sessions.session_config.keep_alive = Some(cfg.session_idle);
+    // The session layer primes every request's stream too (its own setting): a third write
+    // and TCP segment per call, for the same resumption that has no store behind it here.
+    sessions.session_config.sse_retry = None;
     let sessions = Arc::new(sessions);
     let server_for_sse = server.clone();
     let service = StreamableHttpService::new(move || Ok(server.clone()), sessions.clone(), sc);
@@ -159,6 +162,7 @@ pub fn router(server: BpfsightServer, cfg: &HttpConfig) -> Router {
     let legacy = crate::sse::SseSessions::new(server_for_sse, cfg.max_sessions);
     Router::new()
         .nest_service("/mcp", service)
+        .layer(middleware::from_fn(crate::one_write::replies_in_one_write))
         .layer(middleware::from_fn_with_state(cap, session_cap))
         .route("/sse", axum::routing::get(crate::sse::open))
         .route("/messages", axum::routing::post(crate::sse::post))

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use bpfsight_collector::{ProgramStatsHandle, Store};
@@ -25,6 +25,8 @@ pub struct Metrics {
     latency: Mutex<BTreeMap<String, Histogram>>,
     /// Legacy SSE sessions open now.
     pub sse_sessions: AtomicI64,
+    /// Calls answered with the answer already computed at the same store generation.
+    pub answers_reused: AtomicU64,
 }
 
 impl Metrics {
@@ -97,6 +99,13 @@ impl Exporter {
                 let _ = writeln!(o, "bpfsight_tool_call_seconds_count{{tool=\"{t}\"}} {}", h.count);
             }
         }
+        let _ = writeln!(
+            o,
+            "# HELP bpfsight_tool_answers_reused_total Tool calls answered with the answer computed for the same \
+             tool and arguments since the collector last wrote.\n# TYPE bpfsight_tool_answers_reused_total \
+             counter\nbpfsight_tool_answers_reused_total {}",
+            self.metrics.answers_reused.load(Ordering::Relaxed)
+        );
         o += "# HELP bpfsight_sse_sessions Legacy SSE sessions open.\n# TYPE bpfsight_sse_sessions gauge\n";
         let _ = writeln!(o, "bpfsight_sse_sessions {}", self.metrics.sse_sessions.load(Ordering::Relaxed));
         if let Ok(store) = self.store.read() {

@@ -28,6 +28,7 @@ use crate::args::{
 use crate::audit::{AuditLog, AuditRecord, now_rfc3339};
 use crate::auth::{Principal, Role};
 use crate::redact::Redactor;
+use crate::result_cache::{self, ResultCache};
 use crate::{incidents, summary, symptoms};
 
 /// How a server instance treats callers: who they are by default, which tools exist, where
@@ -88,6 +89,9 @@ pub struct BpfsightServer {
     predictor: Option<Arc<crate::predict::Predictor>>,
     tool_router: ToolRouter<Self>,
     policy: Arc<Policy>,
+    /// Answers of the store-query tools at the store's current generation, shared by every
+    /// session of this server.
+    answers: Arc<ResultCache>,
 }
 
 const INSTRUCTIONS: &str = "bpfsight answers questions about this Linux host from eBPF data \
@@ -102,8 +106,10 @@ events; list_services shows the names to use. Windows are like \"30s\", \"5m\" (
 fn result<T: Serialize>(value: &T, text: String) -> Result<CallToolResult, ErrorData> {
     let json = serde_json::to_value(value)
         .map_err(|e| ErrorData::internal_error(format!("serialising result: {e}"), None))?;
-    let mut r = CallToolResult::structured(json);
-    r.content = vec![ContentBlock::text(text)];
+    // Not `CallToolResult::structured`: it renders the whole JSON as the text block too, which
+    // the summary replaces at once (7 % of the server's CPU under HTTP load).
+    let mut r = CallToolResult::success(vec![ContentBlock::text(text)]);
+    r.structured_content = Some(json);
     Ok(r)
 }
 
@@ -142,7 +148,14 @@ impl BpfsightServer {
                 tool_router.disable_route(name.clone());
             }
         }
-        Ok(BpfsightServer { store, casebase: None, predictor: None, tool_router, policy: Arc::new(policy) })
+        Ok(BpfsightServer {
+            store,
+            casebase: None,
+            predictor: None,
+            tool_router,
+            policy: Arc::new(policy),
+            answers: Arc::default(),
+        })
     }
 
     /// Answers the incident tools from `casebase`; without one they report it missing.
@@ -535,6 +548,41 @@ fn caller(ctx: &RequestContext<RoleServer>, policy: &Policy) -> (Principal, Stri
     (principal, session)
 }
 
+impl BpfsightServer {
+    /// Runs a permitted call, redacted, or gives the answer it had at this store generation.
+    async fn answer(
+        &self,
+        tool: &str,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let key = result_cache::key(tool, request.arguments.as_ref());
+        let generation = key.as_ref().and_then(|_| self.store.read().ok().map(|s| s.generation()));
+        if let (Some(k), Some(g)) = (&key, generation)
+            && let Some(hit) = self.answers.get(g, k)
+        {
+            self.policy.metrics.answers_reused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Ok(CallToolResponse::Complete(hit));
+        }
+        let call = self.tool_router.call(ToolCallContext::new(self, request, context));
+        let mut result = match tokio::time::timeout(self.policy.call_timeout, call).await {
+            Ok(r) => r,
+            Err(_) => Err(ErrorData::internal_error(
+                format!("{tool} did not finish within {:?}", self.policy.call_timeout),
+                None,
+            )),
+        };
+        if let Ok(CallToolResponse::Complete(r)) = &mut result {
+            // Nothing leaves the process unredacted.
+            self.policy.redactor.redact_result(r);
+            if let (Some(k), Some(g)) = (key, generation) {
+                self.answers.put(g, k, r);
+            }
+        }
+        result
+    }
+}
+
 #[tool_handler(router = self.tool_router)]
 impl ServerHandler for BpfsightServer {
     /// Every call goes through here: role check, timeout, and one audit line.
@@ -556,7 +604,7 @@ impl ServerHandler for BpfsightServer {
             .tool_router
             .get(&tool)
             .is_none_or(|t| t.annotations.as_ref().and_then(|a| a.read_only_hint) == Some(true));
-        let mut result = if !self.tool_router.has_route(&tool) || self.tool_router.is_disabled(&tool) {
+        let result = if !self.tool_router.has_route(&tool) || self.tool_router.is_disabled(&tool) {
             Err(self.unavailable(&tool))
         } else if !read_only && principal.role < Role::Write {
             Err(ErrorData::invalid_request(
@@ -564,19 +612,8 @@ impl ServerHandler for BpfsightServer {
                 None,
             ))
         } else {
-            let call = self.tool_router.call(ToolCallContext::new(self, request, context));
-            match tokio::time::timeout(self.policy.call_timeout, call).await {
-                Ok(r) => r,
-                Err(_) => Err(ErrorData::internal_error(
-                    format!("{tool} did not finish within {:?}", self.policy.call_timeout),
-                    None,
-                )),
-            }
+            self.answer(&tool, request, context).await
         };
-        // Nothing leaves the process unredacted.
-        if let Ok(CallToolResponse::Complete(r)) = &mut result {
-            self.policy.redactor.redact_result(r);
-        }
         let (outcome, error, bytes) = match &result {
             Ok(CallToolResponse::Complete(r)) => {
                 // Serialising again only to measure costs as much as the call itself: only
