@@ -621,6 +621,11 @@ impl Store {
         series + self.events.len() * std::mem::size_of::<Event>()
     }
 
+    /// Services with history.
+    pub fn service_count(&self) -> usize {
+        self.services.len()
+    }
+
     /// Slots held over all services and resolutions.
     pub fn slot_count(&self) -> usize {
         self.services.values().map(|s| s.tcp.slot_count() + s.host.slot_count()).sum()

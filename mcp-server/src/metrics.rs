@@ -109,6 +109,18 @@ impl Exporter {
         o += "# HELP bpfsight_sse_sessions Legacy SSE sessions open.\n# TYPE bpfsight_sse_sessions gauge\n";
         let _ = writeln!(o, "bpfsight_sse_sessions {}", self.metrics.sse_sessions.load(Ordering::Relaxed));
         if let Ok(store) = self.store.read() {
+            let _ = writeln!(
+                o,
+                "# HELP bpfsight_collector_history_bytes Approximate bytes held by per-service history and \
+                 events.\n# TYPE bpfsight_collector_history_bytes gauge\nbpfsight_collector_history_bytes {}\n\
+                 # HELP bpfsight_collector_history_slots Time slots held over all services and \
+                 resolutions.\n# TYPE bpfsight_collector_history_slots gauge\nbpfsight_collector_history_slots {}\n\
+                 # HELP bpfsight_collector_services Services with history.\n# TYPE bpfsight_collector_services \
+                 gauge\nbpfsight_collector_services {}",
+                store.approx_bytes(),
+                store.slot_count(),
+                store.service_count()
+            );
             let h = store.health();
             for (name, help, v) in [
                 ("ringbuf_drops", "Events lost because the ring buffer was full.", h.ringbuf_drops),
