@@ -208,9 +208,9 @@ def test_metrics_endpoint_counts_calls_and_reports_collector_health(tmp_path):
         reused = int(re.search(r"^bpfsight_tool_answers_reused_total (\d+)$", text, re.M).group(1))
         assert 1 <= reused <= 4, text  # the first call always computes
         assert "bpfsight_collector_ringbuf_drops_total 0" in text
-        for gauge in ("history_bytes", "history_slots", "services"):
-            v = int(re.search(rf"^bpfsight_collector_{gauge} (\d+)$", text, re.M).group(1))
-            assert v > 0, (gauge, text)
+        # Present from the start; they are 0 until the collector's first poll lands.
+        for gauge in ("history_bytes", "history_slots", "services", "slots_trimmed_total"):
+            assert re.search(rf"^bpfsight_collector_{gauge} \d+$", text, re.M), (gauge, text)
         assert 'bpfsight_bpf_program_runs_total{program="sock_send_length"}' in text
     finally:
         server.stop()

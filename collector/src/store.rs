@@ -13,8 +13,11 @@
 //! 0.4 KiB per slot, so such a service costs about 0.75 MiB for the first 15 minutes, 1.7 MiB
 //! at 6 hours and 6 MiB at the full 7 days (all three rings full). Services active only now
 //! and then cost a fraction of that: slots exist only for periods with activity. All history
-//! together is capped at [`MAX_HISTORY_SLOTS`]; past it the least recently active services are
-//! evicted.
+//! together is capped at [`MAX_HISTORY_SLOTS`]. Past it the oldest one-second slots of every
+//! service go first (down to the last [`MIN_FINE_SECS`]), then the oldest ten-second slots (down
+//! to [`MIN_MID_SECS`]); a window reaching back into trimmed seconds reads them from the next
+//! coarser ring, so its totals stay whole and only its edges get coarser. Only when that is not
+//! enough are the least recently active services evicted.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
@@ -39,9 +42,14 @@ pub const MAX_SERVICES: usize = 2048;
 pub const MAX_EVENTS: usize = 10_000;
 /// Pids remembered per service.
 pub const MAX_PIDS_PER_SERVICE: usize = 64;
-/// Slots kept over all services, resolutions and signal families (about 100 MiB at the
-/// measured ~350 bytes per slot); past it the least recently active services are evicted.
+/// Slots kept over all services, resolutions and signal families (about 60 MiB at the ~190
+/// bytes of a host slot; TCP slots with many peers weigh more); past it the oldest fine slots
+/// are trimmed first (see the module docs).
 pub const MAX_HISTORY_SLOTS: usize = 300_000;
+/// One-second history every service keeps however short memory is.
+pub const MIN_FINE_SECS: u64 = 60;
+/// Ten-second history every service keeps however short memory is.
+pub const MIN_MID_SECS: u64 = 3600;
 
 /// TCP counters of one time slot, in total and per peer.
 #[derive(Clone, Debug, Default)]
@@ -148,16 +156,20 @@ struct Ring<S> {
     resolution: u64,
     span: u64,
     slots: VecDeque<(u64, S)>,
+    /// Seconds before this were trimmed to save memory: the next coarser ring answers for
+    /// them. Always a multiple of that ring's resolution.
+    complete_from: u64,
 }
 
 impl<S: Default> Ring<S> {
     fn new(resolution: u64, slots: u64) -> Self {
-        Ring { resolution, span: resolution * slots, slots: VecDeque::new() }
+        Ring { resolution, span: resolution * slots, slots: VecDeque::new(), complete_from: 0 }
     }
 
     /// The slot holding second `t`, created if needed; older slots past the span are dropped.
     fn slot(&mut self, t: u64) -> &mut S {
-        let start = t - t % self.resolution;
+        // Never below the trimmed edge: the coarser ring already holds those seconds.
+        let start = (t - t % self.resolution).max(self.complete_from);
         // Late data for an older slot (clock stepped back) folds into the newest slot.
         if self.slots.back().is_none_or(|(s, _)| *s < start) {
             self.slots.push_back((start, S::default()));
@@ -179,6 +191,24 @@ impl<S: Default> Ring<S> {
             .take_while(move |(s, _)| s + res - 1 > from)
             .filter(move |(s, _)| *s <= now)
             .map(|(_, d)| d)
+    }
+
+    /// Slots that start before second `b`.
+    fn count_before(&self, b: u64) -> usize {
+        self.slots.partition_point(|(s, _)| *s < b)
+    }
+
+    /// Drops the slots that start before `b` (a multiple of the next coarser resolution) and
+    /// returns how many went.
+    fn trim_before(&mut self, b: u64) -> usize {
+        let n = self.count_before(b);
+        self.slots.drain(..n);
+        if self.slots.capacity() > 4 * self.slots.len().max(8) {
+            // The point is to give memory back.
+            self.slots.shrink_to_fit();
+        }
+        self.complete_from = self.complete_from.max(b);
+        n
     }
 }
 
@@ -206,14 +236,43 @@ impl<S: Default> Series<S> {
         f(self.coarse.slot(t));
     }
 
-    /// The slots covering the last `secs` seconds before `now`, at the window's resolution.
+    fn rings(&self) -> [&Ring<S>; 3] {
+        [&self.fine, &self.mid, &self.coarse]
+    }
+
+    /// The slots covering the last `secs` seconds before `now`, at the window's resolution;
+    /// seconds trimmed from that ring come from the next coarser one.
     fn window(&self, now: u64, secs: u64) -> impl Iterator<Item = &S> {
-        let ring = match Window::from_secs(secs).map(Window::resolution_secs) {
-            Some(1) => &self.fine,
-            Some(10) => &self.mid,
-            _ => &self.coarse,
+        let first = match Window::from_secs(secs).map(Window::resolution_secs) {
+            Some(1) => 0,
+            Some(10) => 1,
+            _ => 2,
         };
-        ring.window(now, secs)
+        let from = now.saturating_sub(secs);
+        // (ring, last second it answers for)
+        let mut parts: [Option<(&Ring<S>, u64)>; 3] = [None; 3];
+        let mut upper = now;
+        for (i, ring) in self.rings().into_iter().enumerate().skip(first) {
+            parts[i] = Some((ring, upper));
+            if ring.complete_from <= from + 1 {
+                break;
+            }
+            upper = ring.complete_from - 1;
+        }
+        parts.into_iter().flatten().flat_map(move |(ring, upper)| ring.window(upper, upper - from))
+    }
+
+    /// Slots of ring `level` (0 fine, 1 mid) that start before second `b`.
+    fn count_before(&self, level: usize, b: u64) -> usize {
+        self.rings()[level].count_before(b)
+    }
+
+    /// Trims ring `level` (0 fine, 1 mid) before second `b`; returns the slots dropped.
+    fn trim_before(&mut self, level: usize, b: u64) -> usize {
+        match level {
+            0 => self.fine.trim_before(b),
+            _ => self.mid.trim_before(b),
+        }
     }
 
     fn slot_count(&self) -> usize {
@@ -290,6 +349,14 @@ impl ServiceState {
 
     fn heap_bytes(&self) -> usize {
         self.tcp.heap_bytes(TcpSlot::heap_bytes) + self.host.heap_bytes(HostSlot::heap_bytes)
+    }
+
+    fn count_before(&self, level: usize, b: u64) -> usize {
+        self.tcp.count_before(level, b) + self.host.count_before(level, b)
+    }
+
+    fn trim_before(&mut self, level: usize, b: u64) -> usize {
+        self.tcp.trim_before(level, b) + self.host.trim_before(level, b)
     }
 }
 
@@ -422,8 +489,13 @@ pub struct Health {
     /// Events aged out of the bounded event log.
     pub events_evicted: u64,
     /// Services whose history was dropped because more than [`MAX_SERVICES`] were active or
-    /// the history passed [`MAX_HISTORY_SLOTS`] (least recently active first).
+    /// the history passed [`MAX_HISTORY_SLOTS`] even after trimming (least recently active
+    /// first).
     pub services_evicted: u64,
+    /// Old one-second and ten-second slots dropped to keep the history within
+    /// [`MAX_HISTORY_SLOTS`] (their seconds are still counted at the next coarser resolution).
+    #[serde(default)]
+    pub slots_trimmed: u64,
 }
 
 /// The collector's memory: per-service series, events, the live process table, health.
@@ -454,12 +526,20 @@ impl Store {
     }
 
     /// Advances the store's clock to `now` (Unix seconds) and keeps the history within
-    /// [`MAX_HISTORY_SLOTS`].
+    /// [`MAX_HISTORY_SLOTS`]: oldest fine slots first, then oldest ten-second slots, then whole
+    /// services (least recently active first).
     pub fn tick(&mut self, now: u64) {
         self.generation += 1;
         self.now = self.now.max(now);
         self.health.last_poll = now;
         let mut slots = self.slot_count();
+        for (level, step, keep) in [(0, 10, MIN_FINE_SECS), (1, 60, MIN_MID_SECS)] {
+            if slots > MAX_HISTORY_SLOTS {
+                let trimmed = self.trim_oldest(level, step, now.saturating_sub(keep), slots);
+                slots -= trimmed;
+                self.health.slots_trimmed += trimmed as u64;
+            }
+        }
         while slots > MAX_HISTORY_SLOTS && self.services.len() > 1 {
             let Some(victim) = self.services.iter().min_by_key(|(_, s)| s.last_seen).map(|(k, _)| k.clone())
             else {
@@ -470,6 +550,34 @@ impl Store {
                 self.health.services_evicted += 1;
             }
         }
+    }
+
+    /// Trims ring `level` of every service before one cut-off second: the earliest multiple of
+    /// `step` (the next coarser resolution) that brings `slots` down to 90 % of the budget, so
+    /// that trimming happens now and then rather than every second, and never past `limit`.
+    /// Returns the slots dropped.
+    fn trim_oldest(&mut self, level: usize, step: u64, limit: u64, slots: usize) -> usize {
+        let target = MAX_HISTORY_SLOTS / 10 * 9;
+        let freed = |cut: u64| self.services.values().map(|st| st.count_before(level, cut)).sum::<usize>();
+        let (mut lo, mut hi) = (1, limit / step);
+        if hi < lo {
+            return 0;
+        }
+        // The smallest k whose cut `k * step` frees enough; `freed` grows with k.
+        if slots - freed(hi * step) > target {
+            lo = hi;
+        } else {
+            while lo < hi {
+                let mid = lo + (hi - lo) / 2;
+                if slots - freed(mid * step) <= target {
+                    hi = mid;
+                } else {
+                    lo = mid + 1;
+                }
+            }
+        }
+        let cut = lo * step;
+        self.services.values_mut().map(|st| st.trim_before(level, cut)).sum()
     }
 
     fn service_mut(&mut self, service: &ServiceId, identity: IdentitySource, pid: Pid) -> &mut ServiceState {
@@ -758,7 +866,7 @@ mod tests {
     }
 
     #[test]
-    fn history_past_the_slot_budget_evicts_the_least_recently_active() {
+    fn history_past_the_slot_budget_trims_the_oldest_fine_slots_first() {
         let mut s = Store::new(0);
         let ids: Vec<ServiceId> = (0..400).map(|i| ServiceId::new(&format!("s{i}"))).collect();
         for sec in 0..960 {
@@ -766,15 +874,55 @@ mod tests {
                 s.record(sec, id, IdentitySource::ProcessName, 1, peer(1), rt(1));
             }
         }
-        // The first half stays active; the second half went quiet at 959.
-        for id in &ids[..200] {
-            s.record(1000, id, IdentitySource::ProcessName, 1, peer(1), rt(1));
+        assert!(s.slot_count() > MAX_HISTORY_SLOTS);
+        s.tick(959);
+        assert!(s.slot_count() <= MAX_HISTORY_SLOTS, "{}", s.slot_count());
+        assert_eq!(s.health.services_evicted, 0, "no service loses its history");
+        assert!(s.health.slots_trimmed > 0);
+        let st = &s.services[&ids[7]];
+        let cut = st.tcp.fine.complete_from;
+        assert!(cut > 0 && cut.is_multiple_of(10) && cut <= 959 - MIN_FINE_SECS, "{cut}");
+        assert_eq!(st.tcp.fine.slots.front().unwrap().0, cut);
+        // Every window still counts every second: the trimmed part comes from 10 s slots.
+        for secs in [30, 60, 300, 600, 900] {
+            assert_eq!(st.window(959, secs).0.retransmits, secs, "{secs} s window");
+        }
+        // Late data for a trimmed second lands at the edge, not before it (no double count).
+        let mut s2 = s.services[&ids[7]].clone();
+        s2.tcp.update(cut - 5, |slot| slot.add(peer(1), rt(1)));
+        assert!(s2.tcp.fine.slots.front().unwrap().0 >= cut);
+    }
+
+    #[test]
+    fn history_still_over_budget_after_trimming_evicts_the_least_recently_active() {
+        let mut s = Store::new(0);
+        let ids: Vec<ServiceId> = (0..32).map(|i| ServiceId::new(&format!("s{i}"))).collect();
+        // Active once a minute for 7 days: ~10,400 slots each, mostly minute slots.
+        let end = 7 * 24 * 60;
+        for m in 0..end {
+            for (i, id) in ids.iter().enumerate() {
+                // The second half went quiet a minute before the end.
+                if i >= 16 && m == end - 1 {
+                    continue;
+                }
+                s.record(m * 60, id, IdentitySource::ProcessName, 1, peer(1), rt(1));
+            }
         }
         assert!(s.slot_count() > MAX_HISTORY_SLOTS);
-        s.tick(1000);
+        s.tick((end - 1) * 60);
         assert!(s.slot_count() <= MAX_HISTORY_SLOTS, "{}", s.slot_count());
+        assert!(s.health.slots_trimmed > 0, "trimming comes first");
         assert!(s.health.services_evicted > 0);
-        assert!(ids[..200].iter().all(|id| s.services.contains_key(id)), "active services kept");
+        assert!(ids[..16].iter().all(|id| s.services.contains_key(id)), "active services kept");
+        // Ten-second slots older than an hour are gone; a 6 h window reads them from minute
+        // slots (one per minute of activity; the slot on the window's edge counts whole).
+        let st = &s.services[&ids[0]];
+        assert!(st.tcp.mid.complete_from > 0);
+        let now = (end - 1) * 60;
+        for (secs, minutes) in [(6 * 3600, 360), (3600, 60), (900, 15)] {
+            let n = st.window(now, secs).0.retransmits;
+            assert!(n == minutes || n == minutes + 1, "{secs} s: {n}");
+        }
     }
 
     #[test]

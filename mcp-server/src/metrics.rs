@@ -133,6 +133,11 @@ impl Exporter {
                 ("send_stats_full", "Sends not counted because the send map was full.", h.send_stats_full),
                 ("events_evicted", "Events aged out of the bounded event log.", h.events_evicted),
                 ("services_evicted", "Services evicted from bounded history.", h.services_evicted),
+                (
+                    "slots_trimmed",
+                    "Old fine history slots dropped to stay within the history budget (still counted at a coarser resolution).",
+                    h.slots_trimmed,
+                ),
             ] {
                 let _ = writeln!(
                     o,
