@@ -32,14 +32,17 @@ pub struct ResultCache {
     inner: Mutex<Generation>,
 }
 
+/// A call's identity: the tool and its arguments as canonical JSON.
+pub type Key = (String, String);
+
 #[derive(Default)]
 struct Generation {
     generation: u64,
-    answers: HashMap<(String, String), Arc<CallToolResult>>,
+    answers: HashMap<Key, Arc<CallToolResult>>,
 }
 
 /// The cache key of a call, or `None` when the tool's answer must not be reused.
-pub fn key(tool: &str, arguments: Option<&JsonObject>) -> Option<(String, String)> {
+pub fn key(tool: &str, arguments: Option<&JsonObject>) -> Option<Key> {
     if !PURE_TOOLS.contains(&tool) {
         return None;
     }
@@ -50,7 +53,7 @@ pub fn key(tool: &str, arguments: Option<&JsonObject>) -> Option<(String, String
 
 impl ResultCache {
     /// The answer given to `key` at `generation`, if there was one.
-    pub fn get(&self, generation: u64, key: &(String, String)) -> Option<CallToolResult> {
+    pub fn get(&self, generation: u64, key: &Key) -> Option<CallToolResult> {
         let hit = {
             let g = self.inner.lock().ok()?;
             if g.generation != generation {
@@ -64,7 +67,7 @@ impl ResultCache {
 
     /// Keeps `answer` for `key` while the store stays at `generation`. Errors are not kept:
     /// they are cheap and their text may name the moment.
-    pub fn put(&self, generation: u64, key: (String, String), answer: &CallToolResult) {
+    pub fn put(&self, generation: u64, key: Key, answer: &CallToolResult) {
         if answer.is_error == Some(true) {
             return;
         }

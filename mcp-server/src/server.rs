@@ -556,10 +556,11 @@ impl BpfsightServer {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        let key = result_cache::key(tool, request.arguments.as_ref());
-        let generation = key.as_ref().and_then(|_| self.store.read().ok().map(|s| s.generation()));
-        if let (Some(k), Some(g)) = (&key, generation)
-            && let Some(hit) = self.answers.get(g, k)
+        // (store generation, key) when this answer may be reused.
+        let reusable = result_cache::key(tool, request.arguments.as_ref())
+            .and_then(|k| Some((self.store.read().ok()?.generation(), k)));
+        if let Some((g, k)) = &reusable
+            && let Some(hit) = self.answers.get(*g, k)
         {
             self.policy.metrics.answers_reused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return Ok(CallToolResponse::Complete(hit));
@@ -575,7 +576,7 @@ impl BpfsightServer {
         if let Ok(CallToolResponse::Complete(r)) = &mut result {
             // Nothing leaves the process unredacted.
             self.policy.redactor.redact_result(r);
-            if let (Some(k), Some(g)) = (key, generation) {
+            if let Some((g, k)) = reusable {
                 self.answers.put(g, k, r);
             }
         }
