@@ -60,9 +60,11 @@ fn main() {
     }
     if want("rss") {
         // The worst case (every process its own service, busy every second), then a more
-        // usual host: the same 1,000 processes as 50 services of 20.
-        rss_under_processes(1000, 1000);
-        rss_under_processes(1000, 50);
+        // usual host: the same 1,000 processes as 50 services of 20. BENCH_RSS_SECS=720 follows
+        // the worst case past the history cap and the first LSTM training (at 10 minutes).
+        let until = std::env::var("BENCH_RSS_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
+        rss_under_processes(1000, 1000, until);
+        rss_under_processes(1000, 50, 60);
     }
     if want("training") {
         training_vs_collector();
@@ -145,7 +147,8 @@ fn training_vs_collector() {
 /// One of the 1,000 processes: its own name, wakes every 250 ms, fails an open.
 fn bench_child(name: &str) {
     let _ = std::fs::write("/proc/self/comm", name);
-    let end = Instant::now() + Duration::from_secs(120);
+    let secs = std::env::var("BPFSIGHT_BENCH_CHILD_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(120);
+    let end = Instant::now() + Duration::from_secs(secs);
     while Instant::now() < end {
         std::thread::sleep(Duration::from_millis(250));
         let _ = std::fs::File::open("/nonexistent-bpfsight-bench");
@@ -223,12 +226,16 @@ fn syscall_load() {
     );
 }
 
-fn rss_under_processes(n: usize, services: usize) {
+/// Resident memory of `bpfsight serve` at 10 s, 30 s and every minute up to `until` seconds
+/// while `n` processes in `services` services each wake 4 times a second and fail a syscall.
+fn rss_under_processes(n: usize, services: usize, until: u64) {
+    let checkpoints: Vec<u64> = [10, 30].into_iter().chain((60..=until.max(60)).step_by(60)).collect();
     let me = std::env::current_exe().expect("own path");
     let mut children: Vec<_> = (0..n)
         .filter_map(|i| {
             Command::new(&me)
                 .env("BPFSIGHT_BENCH_CHILD", format!("svc-{}", i % services))
+                .env("BPFSIGHT_BENCH_CHILD_SECS", (until + 60).to_string())
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .spawn()
@@ -255,7 +262,7 @@ fn rss_under_processes(n: usize, services: usize) {
         children.len()
     );
     let start = Instant::now();
-    for at in [10u64, 30, 60] {
+    for at in checkpoints {
         std::thread::sleep((start + Duration::from_secs(at)).saturating_duration_since(Instant::now()));
         println!(
             "   after {at:>2} s: VmRSS {:.1} MiB, peak (VmHWM) {:.1} MiB",

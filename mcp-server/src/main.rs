@@ -27,6 +27,41 @@ use rmcp::model::CallToolRequestParams;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc's options (v3 numbering, `include/mimalloc.h`).
+const MI_OPTION_ARENA_EAGER_COMMIT: i32 = 4;
+const MI_OPTION_PURGE_DELAY: i32 = 15;
+
+unsafe extern "C" {
+    fn mi_option_set(option: i32, value: std::ffi::c_long);
+}
+
+/// Makes freed memory go back to the kernel. mimalloc by default commits its whole arena up
+/// front and purges freed pages a second later; between the kernel BTF parsed at load (a
+/// ~33 MB peak) and history buffers growing each second, a server with 1,000 services then
+/// held ~55 MiB anonymous memory for ~16 MB of live data. Committing on demand and purging
+/// after 100 ms holds it at ~25 MiB. `MIMALLOC_*` variables still override.
+///
+/// It runs as an ELF constructor, and allocates nothing itself: the first arena is reserved at
+/// the first allocation, which Rust's runtime makes before `main`.
+extern "C" fn allocator_defaults() {
+    for (option, var, value) in [
+        (MI_OPTION_ARENA_EAGER_COMMIT, c"MIMALLOC_ARENA_EAGER_COMMIT", 0),
+        (MI_OPTION_PURGE_DELAY, c"MIMALLOC_PURGE_DELAY", 100),
+    ] {
+        // SAFETY: getenv with a NUL-terminated name, before any thread exists; mi_option_set
+        // is a plain setter on mimalloc's option table, with a valid option index.
+        unsafe {
+            if libc::getenv(var.as_ptr()).is_null() {
+                mi_option_set(option, value);
+            }
+        }
+    }
+}
+
+#[used]
+#[unsafe(link_section = ".init_array")]
+static ALLOCATOR_DEFAULTS: extern "C" fn() = allocator_defaults;
+
 /// eBPF observability for LLM agents, over the Model Context Protocol.
 #[derive(Parser)]
 #[command(name = "bpfsight", version, about)]
