@@ -1,5 +1,7 @@
 """The binary's behaviour outside a session: privileges and protocol hygiene."""
 import json
+import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -50,6 +52,21 @@ def test_stdout_carries_only_protocol_frames():
     for l in lines:
         assert json.loads(l)["jsonrpc"] == "2.0"
     assert "collector started" in p.stderr
+
+
+def test_allocator_starts_with_on_demand_commit_and_quick_purge_unless_overridden():
+    # bpfsight sets mimalloc's options by number before its first allocation; mimalloc's
+    # verbose start-up lines name them, so a renumbering in a mimalloc upgrade shows here.
+    def options(extra):
+        env = {**os.environ, "MIMALLOC_VERBOSE": "1", **extra}
+        p = subprocess.run([bpfsight_bin(), "tools"], capture_output=True, text=True, timeout=30, env=env)
+        assert p.returncode == 0, p.stderr
+        return dict(re.findall(r"option '(\w+)': (-?\d+)", p.stderr))
+
+    got = options({})
+    assert got.get("arena_eager_commit") == "0" and got.get("purge_delay") == "100", got
+    got = options({"MIMALLOC_PURGE_DELAY": "1000"})
+    assert got.get("arena_eager_commit") == "0" and got.get("purge_delay") == "1000", got
 
 
 NAB = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "nab"

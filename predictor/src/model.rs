@@ -11,7 +11,7 @@ use burn::tensor::TensorData;
 use serde::{Deserialize, Serialize};
 
 use crate::error::PredictError;
-use crate::lstm::{self, Forecaster, ModelConfig, Windows};
+use crate::lstm::{self, Forecaster, ModelConfig, SeriesWindows, WindowSource, Windows};
 use crate::norm::robust_stats;
 use crate::schema::Schema;
 use crate::score::MIN_ERROR_SCALE;
@@ -66,16 +66,18 @@ impl LstmModel {
     ) -> Result<LstmModel, PredictError> {
         let started = std::time::Instant::now();
         let f = schema.len();
-        let (mut train, mut val) = (Windows::default(), Windows::default());
-        for rows in series {
-            let all = Windows::from_rows(rows, cfg.window);
-            let held = all.n / 5;
-            let cut = all.n - held;
-            train.extend(&slice(&all, 0, cut, cfg.window * f, f));
-            val.extend(&slice(&all, cut, all.n, cfg.window * f, f));
+        // The newest fifth of each series' windows is held out, copied (it is scored whole);
+        // the rest is read from the rows batch by batch.
+        let mut train = SeriesWindows::new(series, cfg.window);
+        let mut val = Windows::default();
+        for (s, rows) in series.iter().enumerate() {
+            let n = rows.len().saturating_sub(cfg.window);
+            let cut = n - n / 5;
+            train.add(s, 0, cut);
+            val.extend(&Windows::from_rows(&rows[cut..], cfg.window));
         }
-        if train.n < MIN_WINDOWS {
-            return Err(PredictError::NotEnoughData { windows: train.n, needed: MIN_WINDOWS });
+        if train.len() < MIN_WINDOWS {
+            return Err(PredictError::NotEnoughData { windows: train.len(), needed: MIN_WINDOWS });
         }
         let device = Device::flex().autodiff();
         device.seed(cfg.seed);
@@ -83,7 +85,15 @@ impl LstmModel {
         let (trained, train_loss) = lstm::train(fresh, &train, f, cfg, &device);
         let model = trained.valid();
         let device = Device::flex();
-        let eval = if val.n > 0 { val } else { train.clone() };
+        let eval = if val.n > 0 {
+            val
+        } else {
+            let mut all = Windows::default();
+            for rows in series {
+                all.extend(&Windows::from_rows(rows, cfg.window));
+            }
+            all
+        };
         let pred = lstm::predict(&model, &eval, f, cfg.window, &device);
         let mut error_scale = Vec::with_capacity(f);
         let (mut mse, mut persist) = (0.0f64, 0.0f64);
@@ -107,7 +117,7 @@ impl LstmModel {
             val_error: mse / denom,
             val_error_persistence: persist / denom,
             train_loss,
-            windows: train.n,
+            windows: train.len(),
             trained_at: now,
             train_seconds: started.elapsed().as_secs_f64(),
         };
@@ -190,13 +200,5 @@ impl LstmModel {
             .load_from(&mut store)
             .map_err(|e| PredictError::Format { path: weights.clone(), reason: e.to_string() })?;
         Ok(Some(LstmModel { model, meta, device }))
-    }
-}
-
-fn slice(all: &Windows, from: usize, to: usize, in_len: usize, f: usize) -> Windows {
-    Windows {
-        inputs: all.inputs[from * in_len..to * in_len].to_vec(),
-        targets: all.targets[from * f..to * f].to_vec(),
-        n: to - from,
     }
 }
