@@ -11,7 +11,7 @@ use burn::tensor::TensorData;
 use serde::{Deserialize, Serialize};
 
 use crate::error::PredictError;
-use crate::lstm::{self, Forecaster, ModelConfig, SeriesWindows, WindowSource, Windows};
+use crate::lstm::{self, Forecaster, ModelConfig, SeriesWindows, Windows};
 use crate::norm::robust_stats;
 use crate::schema::Schema;
 use crate::score::MIN_ERROR_SCALE;
