@@ -216,6 +216,75 @@ def test_metrics_endpoint_counts_calls_and_reports_collector_health(tmp_path):
         server.stop()
 
 
+def test_repeated_calls_keep_their_answer_session_and_audit_line(tmp_path):
+    """Calls whose answer is kept for the store's generation are answered before rmcp's session
+    plumbing: the same reply, audited and counted, and the session neither expires under a busy
+    client (only rmcp's own traffic resets its idle timer) nor outlives its deletion."""
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = HttpServer(tmp_path, extra=("--session-idle-secs", "2", "--metrics", f"127.0.0.1:{port}"))
+    try:
+        async def two_sessions():
+            # Session a asks first and computes; session b asks the same right after and is
+            # answered from a's answer, so b's own calls never reach rmcp's session for 4 s,
+            # twice its idle timeout.
+            headers = {"Authorization": f"Bearer {READ_SECRET}"}
+            async with httpx2.AsyncClient(headers=headers, timeout=30) as ca, \
+                    httpx2.AsyncClient(headers=headers, timeout=30) as cb:
+                async with streamable_http_client(server.url, http_client=ca) as (ra, wa, *_), \
+                        streamable_http_client(server.url, http_client=cb) as (rb, wb, *_):
+                    async with ClientSession(ra, wa) as a, ClientSession(rb, wb) as b:
+                        await a.initialize()
+                        await b.initialize()
+                        answers = []
+                        for _ in range(20):
+                            first = await call(a, "list_services", {"limit": 1})
+                            again = await call(b, "list_services", {"limit": 1})
+                            answers += [first, again]
+                            await anyio.sleep(0.2)
+                        return answers
+
+        answers = anyio.run(two_sessions)
+        assert len(answers) == 40 and all(a["total"] >= 1 and len(a["services"]) == 1 for a in answers)
+        text = httpx2.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        reused = int(re.search(r"^bpfsight_tool_answers_reused_total (\d+)$", text, re.M).group(1))
+        # Session b's calls, and a's within a collector write after the first.
+        assert reused >= 20, text
+        assert 'bpfsight_tool_calls_total{tool="list_services",outcome="ok"} 40' in text, text
+        lines = [json.loads(l) for l in server.audit.read_text().splitlines()]
+        assert len(lines) == 40 and len({l["session"] for l in lines}) == 2, lines[:3]
+        assert all(l["outcome"] == "ok" and l["result_bytes"] > 50 and l["principal"] == "ci"
+                   and l["arguments"] == {"limit": 1} for l in lines), lines
+
+        # The raw exchange: a computed reply and a reused one carry the same JSON-RPC shape, and
+        # a deleted session is not answered for.
+        headers = {**MCP_HEADERS, "Authorization": f"Bearer {READ_SECRET}"}
+        with httpx2.Client(timeout=10) as c:
+            sid = c.post(server.url, json=INIT, headers=headers).headers["mcp-session-id"]
+            headers = {**headers, "mcp-session-id": sid, "mcp-protocol-version": "2025-06-18"}
+            assert c.post(server.url, json={"jsonrpc": "2.0", "method": "notifications/initialized"},
+                          headers=headers).status_code == 202
+
+            def tool_call(i):
+                r = c.post(server.url, headers=headers, json={"jsonrpc": "2.0", "id": i, "method": "tools/call",
+                                                              "params": {"name": "list_services", "arguments": {"limit": 1}}})
+                return r
+
+            replies = [tool_call(i) for i in range(2, 6)]
+            for i, r in enumerate(replies, start=2):
+                assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream"), r.text
+                data = [l[len("data: "):] for l in r.text.splitlines() if l.startswith("data: ")]
+                msg = json.loads(data[-1])
+                assert msg["jsonrpc"] == "2.0" and msg["id"] == i, msg
+                assert msg["result"]["structuredContent"]["total"] >= 1 and msg["result"]["isError"] is False
+            assert c.delete(server.url, headers=headers).status_code in (200, 202, 204)
+            assert tool_call(9).status_code == 404
+    finally:
+        server.stop()
+
+
 def test_streamable_http_sessions_are_capped(tmp_path):
     server = HttpServer(tmp_path, extra=("--max-sessions", "2"))
     try:

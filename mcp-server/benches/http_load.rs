@@ -5,6 +5,11 @@
 //! Run: `cargo bench -p bpfsight --bench http_load` (SESSIONS and CALLS override the sizes,
 //! BPFSIGHT_BIN another server binary).
 //!
+//! Sessions ask the same three questions in turn, as dashboards and polling agents do, so most
+//! calls are answered with the answer kept for the store's current generation; the report
+//! says how many (from the server's `/metrics`). `ARGS=distinct` gives every call its own
+//! `limit`, so that nearly every call runs its query: the cost of a call that computes.
+//!
 //! Client and server share the machine's cores, so the load generator's own CPU is part of
 //! every latency. `CLIENT=raw` (the default) drives the protocol with plain HTTP requests on a
 //! shared keep-alive pool (what wrk or hey would do); `CLIENT=rmcp` uses rmcp's full client
@@ -36,8 +41,13 @@ fn main() {
     let calls = env_or("CALLS", 1000);
     // BPFSIGHT_BIN runs another build (an A/B comparison on the same machine minutes apart).
     let bin = std::env::var("BPFSIGHT_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_bpfsight").to_string());
+    let distinct = std::env::var("ARGS").is_ok_and(|a| a == "distinct");
+    let metrics = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+        l.local_addr().unwrap()
+    };
     let mut child = Command::new(bin)
-        .args(["serve", "--http", "127.0.0.1:0"])
+        .args(["serve", "--http", "127.0.0.1:0", "--metrics", &metrics.to_string()])
         .env("BPFSIGHT_TOKENS", format!("bench read {TOKEN}"))
         .env("BPFSIGHT_LOG", "warn")
         .stdin(Stdio::null())
@@ -70,20 +80,23 @@ fn main() {
         .build()
         .unwrap();
     let (lat, errors, wall) = if raw {
-        rt.block_on(raw::run(url.clone(), sessions, calls))
+        rt.block_on(raw::run(url.clone(), sessions, calls, distinct))
     } else {
-        rt.block_on(rmcp_client(url.clone(), sessions, calls))
+        rt.block_on(rmcp_client(url.clone(), sessions, calls, distinct))
     };
+    let reused = rt.block_on(answers_reused(metrics));
     let _ = child.kill();
     let _ = child.wait();
     let mut lat = lat;
     lat.sort_by(f64::total_cmp);
     let pct = |p: f64| lat[((lat.len() as f64 - 1.0) * p).round() as usize];
     println!(
-        "bpfsight HTTP load: {sessions} sessions x {calls} calls (streamable HTTP, bearer token, live collector, {} client, {client_threads} client thread(s))",
-        if raw { "raw HTTP" } else { "rmcp" }
+        "bpfsight HTTP load: {sessions} sessions x {calls} calls (streamable HTTP, bearer token, live collector, {} client, {client_threads} client thread(s), {} arguments)",
+        if raw { "raw HTTP" } else { "rmcp" },
+        if distinct { "distinct" } else { "repeated" }
     );
-    println!("   calls: {}  errors: {errors}", lat.len());
+    let reused = reused.map_or_else(|| "unknown".to_string(), |n| n.to_string());
+    println!("   calls: {}  errors: {errors}  answered with a kept answer: {reused}", lat.len());
     println!(
         "   throughput: {:.0} calls/s over {:.1} s",
         lat.len() as f64 / wall.as_secs_f64(),
@@ -103,8 +116,35 @@ fn main() {
 
 const TOOLS: [&str; 3] = ["list_services", "get_connection_stats", "get_service_errors"];
 
+/// The arguments of call `c` of session `i`: none, or a `limit` of their own (1..=500, the
+/// tools' range) so that concurrent calls rarely share an answer.
+fn arguments(
+    i: usize,
+    c: usize,
+    sessions: usize,
+    distinct: bool,
+) -> serde_json::Map<String, serde_json::Value> {
+    let mut args = serde_json::Map::new();
+    if distinct {
+        // At any moment the sessions are at about the same `c`: each has its own limit then.
+        args.insert("limit".into(), ((c * sessions + i) % 500 + 1).into());
+    }
+    args
+}
+
+/// `bpfsight_tool_answers_reused_total` from the server's metrics endpoint.
+async fn answers_reused(metrics: std::net::SocketAddr) -> Option<u64> {
+    let text = reqwest::get(format!("http://{metrics}/metrics")).await.ok()?.text().await.ok()?;
+    text.lines().find_map(|l| l.strip_prefix("bpfsight_tool_answers_reused_total ")?.trim().parse().ok())
+}
+
 /// Latencies (ms), errors and wall time of `sessions` rmcp clients making `calls` calls each.
-async fn rmcp_client(url: String, sessions: usize, calls: usize) -> (Vec<f64>, usize, Duration) {
+async fn rmcp_client(
+    url: String,
+    sessions: usize,
+    calls: usize,
+    distinct: bool,
+) -> (Vec<f64>, usize, Duration) {
     let started = Instant::now();
     let url: Arc<str> = url.into();
     let tasks: Vec<_> = (0..sessions)
@@ -119,7 +159,9 @@ async fn rmcp_client(url: String, sessions: usize, calls: usize) -> (Vec<f64>, u
                 for c in 0..calls {
                     let tool = TOOLS[(i + c) % TOOLS.len()];
                     let t = Instant::now();
-                    let r = client.call_tool(CallToolRequestParams::new(tool)).await;
+                    let params =
+                        CallToolRequestParams::new(tool).with_arguments(arguments(i, c, sessions, distinct));
+                    let r = client.call_tool(params).await;
                     lat.push(t.elapsed().as_secs_f64() * 1e3);
                     if !matches!(r, Ok(ref res) if res.is_error != Some(true)) {
                         errors += 1;
@@ -154,7 +196,7 @@ mod raw {
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
-    use super::{TOKEN, TOOLS};
+    use super::{TOKEN, TOOLS, arguments};
 
     async fn post(
         client: &reqwest::Client,
@@ -181,7 +223,12 @@ mod raw {
         Ok((sid, text))
     }
 
-    pub async fn run(url: String, sessions: usize, calls: usize) -> (Vec<f64>, usize, Duration) {
+    pub async fn run(
+        url: String,
+        sessions: usize,
+        calls: usize,
+        distinct: bool,
+    ) -> (Vec<f64>, usize, Duration) {
         let client = reqwest::Client::builder().pool_max_idle_per_host(sessions).build().unwrap();
         let url: Arc<str> = url.into();
         let started = Instant::now();
@@ -199,8 +246,9 @@ mod raw {
                     for c in 0..calls {
                         let tool = TOOLS[(i + c) % TOOLS.len()];
                         let body = format!(
-                            r#"{{"jsonrpc":"2.0","id":{},"method":"tools/call","params":{{"name":"{tool}","arguments":{{}}}}}}"#,
-                            c + 1
+                            r#"{{"jsonrpc":"2.0","id":{},"method":"tools/call","params":{{"name":"{tool}","arguments":{}}}}}"#,
+                            c + 1,
+                            serde_json::Value::Object(arguments(i, c, sessions, distinct))
                         );
                         let t = Instant::now();
                         let r = post(&client, &url, Some(&sid), body).await;

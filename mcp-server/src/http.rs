@@ -152,6 +152,12 @@ pub fn router(server: BpfsightServer, cfg: &HttpConfig) -> Router {
     sessions.session_config.sse_retry = None;
     let sessions = Arc::new(sessions);
     let server_for_sse = server.clone();
+    let reuse = Arc::new(crate::reuse::Reuse::new(
+        server.clone(),
+        sessions.clone(),
+        cfg.session_idle,
+        cfg.max_sessions,
+    ));
     let service = StreamableHttpService::new(move || Ok(server.clone()), sessions.clone(), sc);
     let cap = Arc::new(SessionCap { sessions, max: cfg.max_sessions });
     let gate_state = Arc::new(Gate {
@@ -163,6 +169,7 @@ pub fn router(server: BpfsightServer, cfg: &HttpConfig) -> Router {
     Router::new()
         .nest_service("/mcp", service)
         .layer(middleware::from_fn(crate::one_write::replies_in_one_write))
+        .layer(middleware::from_fn_with_state(reuse, crate::reuse::answer_repeated_calls))
         .layer(middleware::from_fn_with_state(cap, session_cap))
         .route("/sse", axum::routing::get(crate::sse::open))
         .route("/messages", axum::routing::post(crate::sse::post))

@@ -15,6 +15,7 @@ pub mod one_write;
 pub mod predict;
 pub mod redact;
 pub mod result_cache;
+pub mod reuse;
 pub mod server;
 pub mod sse;
 mod summary;

@@ -8,8 +8,9 @@
 //! without the query, the JSON tree and the redaction pass.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
+use bytes::Bytes;
 use rmcp::model::{CallToolResult, JsonObject};
 
 /// Tools whose answer depends only on their arguments and the store.
@@ -38,7 +39,20 @@ pub type Key = (String, String);
 #[derive(Default)]
 struct Generation {
     generation: u64,
-    answers: HashMap<Key, Arc<CallToolResult>>,
+    answers: HashMap<Key, Arc<Answer>>,
+}
+
+/// One kept answer, and its JSON once some caller needed the bytes.
+struct Answer {
+    result: CallToolResult,
+    json: OnceLock<Bytes>,
+}
+
+impl Answer {
+    fn json(&self) -> Bytes {
+        // `CallToolResult` serialises to a map of plain values, which cannot fail.
+        self.json.get_or_init(|| serde_json::to_vec(&self.result).unwrap_or_default().into()).clone()
+    }
 }
 
 /// The cache key of a call, or `None` when the tool's answer must not be reused.
@@ -52,17 +66,24 @@ pub fn key(tool: &str, arguments: Option<&JsonObject>) -> Option<Key> {
 }
 
 impl ResultCache {
+    fn hit(&self, generation: u64, key: &Key) -> Option<Arc<Answer>> {
+        let g = self.inner.lock().ok()?;
+        if g.generation != generation {
+            return None;
+        }
+        g.answers.get(key).cloned()
+    }
+
     /// The answer given to `key` at `generation`, if there was one.
     pub fn get(&self, generation: u64, key: &Key) -> Option<CallToolResult> {
-        let hit = {
-            let g = self.inner.lock().ok()?;
-            if g.generation != generation {
-                return None;
-            }
-            g.answers.get(key).cloned()?
-        };
         // The deep copy (the whole JSON tree) happens outside the lock every session shares.
-        Some(CallToolResult::clone(&hit))
+        self.hit(generation, key).map(|a| a.result.clone())
+    }
+
+    /// The same answer as [`get`](Self::get), serialised as JSON: serialised once per
+    /// generation, however many callers ask for it.
+    pub fn get_json(&self, generation: u64, key: &Key) -> Option<Bytes> {
+        self.hit(generation, key).map(|a| a.json())
     }
 
     /// Keeps `answer` for `key` while the store stays at `generation`. Errors are not kept:
@@ -83,7 +104,7 @@ impl ResultCache {
         if g.answers.len() >= MAX_ENTRIES {
             g.answers.clear();
         }
-        g.answers.insert(key, Arc::new(answer.clone()));
+        g.answers.insert(key, Arc::new(Answer { result: answer.clone(), json: OnceLock::new() }));
     }
 }
 
@@ -102,7 +123,9 @@ mod tests {
         let k = key("list_services", None).unwrap();
         cache.put(7, k.clone(), &answer("seven"));
         assert_eq!(cache.get(7, &k), Some(answer("seven")));
+        assert_eq!(cache.get_json(7, &k).unwrap(), serde_json::to_vec(&answer("seven")).unwrap());
         assert_eq!(cache.get(8, &k), None);
+        assert_eq!(cache.get_json(8, &k), None);
         cache.put(8, k.clone(), &answer("eight"));
         // A call that started before the store moved cannot bring back the older answer.
         cache.put(7, k.clone(), &answer("seven"));

@@ -548,7 +548,81 @@ fn caller(ctx: &RequestContext<RoleServer>, policy: &Policy) -> (Principal, Stri
     (principal, session)
 }
 
+/// One finished call, as the metrics and the audit log record it.
+struct Outcome<'a> {
+    started: Instant,
+    principal: &'a Principal,
+    session: &'a str,
+    tool: &'a str,
+    /// Redacted; `None` when there is no audit log to write them to.
+    arguments: Option<&'a serde_json::Value>,
+    outcome: &'static str,
+    error: Option<&'a str>,
+    result_bytes: usize,
+}
+
 impl BpfsightServer {
+    /// The JSON of the answer `tool(arguments)` had at the store's current generation, if it
+    /// may be given again (see [`result_cache`]); the call is then counted and audited as if
+    /// it had run. The HTTP layer answers repeated calls with it without a trip through the
+    /// MCP session (see [`crate::reuse`]). Redacted, like every answer that was kept.
+    pub fn answer_again(
+        &self,
+        tool: &str,
+        arguments: Option<&rmcp::model::JsonObject>,
+        principal: &Principal,
+        session: &str,
+    ) -> Option<bytes::Bytes> {
+        let started = Instant::now();
+        if !self.tool_router.has_route(tool) || self.tool_router.is_disabled(tool) {
+            return None;
+        }
+        let key = result_cache::key(tool, arguments)?;
+        let generation = self.store.read().ok()?.generation();
+        let json = self.answers.get_json(generation, &key)?;
+        self.policy.metrics.answers_reused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.account(Outcome {
+            started,
+            principal,
+            session,
+            tool,
+            arguments: self.audited_arguments(arguments).as_ref(),
+            outcome: "ok",
+            error: None,
+            result_bytes: json.len(),
+        });
+        Some(json)
+    }
+
+    /// The arguments as the audit log records them (redacted), if there is an audit log.
+    fn audited_arguments(&self, arguments: Option<&rmcp::model::JsonObject>) -> Option<serde_json::Value> {
+        self.policy.audit.as_ref().map(|_| {
+            let mut a = serde_json::Value::Object(arguments.cloned().unwrap_or_default());
+            self.policy.redactor.redact_value(&mut a);
+            a
+        })
+    }
+
+    /// Counts a finished call and writes its audit line.
+    fn account(&self, o: Outcome<'_>) {
+        let elapsed = o.started.elapsed().as_secs_f64();
+        self.policy.metrics.record_call(o.tool, o.outcome, elapsed);
+        if let Some(audit) = &self.policy.audit {
+            audit.write(&AuditRecord {
+                time: now_rfc3339(),
+                session: o.session,
+                principal: &o.principal.name,
+                transport: self.policy.transport,
+                tool: o.tool,
+                arguments: o.arguments.unwrap_or(&serde_json::Value::Null),
+                outcome: o.outcome,
+                error: o.error,
+                result_bytes: o.result_bytes,
+                latency_ms: elapsed * 1e3,
+            });
+        }
+    }
+
     /// Runs a permitted call, redacted, or gives the answer it had at this store generation.
     async fn answer(
         &self,
@@ -596,11 +670,7 @@ impl ServerHandler for BpfsightServer {
         let (principal, session) = caller(&context, &self.policy);
         let tool = request.name.to_string();
         // The audit log is the only reader of the arguments after the call.
-        let arguments = self.policy.audit.as_ref().map(|_| {
-            let mut a = serde_json::Value::Object(request.arguments.clone().unwrap_or_default());
-            self.policy.redactor.redact_value(&mut a);
-            a
-        });
+        let arguments = self.audited_arguments(request.arguments.as_ref());
         let read_only = self
             .tool_router
             .get(&tool)
@@ -635,22 +705,16 @@ impl ServerHandler for BpfsightServer {
             }
             Err(e) => ("error", Some(e.message.to_string()), 0),
         };
-        let elapsed = started.elapsed().as_secs_f64();
-        self.policy.metrics.record_call(&tool, outcome, elapsed);
-        if let Some(audit) = &self.policy.audit {
-            audit.write(&AuditRecord {
-                time: now_rfc3339(),
-                session: &session,
-                principal: &principal.name,
-                transport: self.policy.transport,
-                tool: &tool,
-                arguments: arguments.as_ref().unwrap_or(&serde_json::Value::Null),
-                outcome,
-                error: error.as_deref(),
-                result_bytes: bytes,
-                latency_ms: elapsed * 1e3,
-            });
-        }
+        self.account(Outcome {
+            started,
+            principal: &principal,
+            session: &session,
+            tool: &tool,
+            arguments: arguments.as_ref(),
+            outcome,
+            error: error.as_deref(),
+            result_bytes: bytes,
+        });
         result
     }
 
