@@ -120,6 +120,10 @@ def test_missing_or_wrong_tokens_are_401_and_foreign_origins_403(http_server):
         r = c.post(http_server.url, json=INIT,
                    headers={**MCP_HEADERS, "Authorization": "Bearer " + READ_SECRET, "Host": "evil.example:80"})
         assert r.status_code in (400, 403), r.status_code
+        # The legacy transport too.
+        base = http_server.url.rsplit("/mcp", 1)[0]
+        r = c.get(base + "/sse", headers={"Authorization": "Bearer " + READ_SECRET, "Host": "evil.example"})
+        assert r.status_code == 403, r.status_code
 
 
 def test_non_loopback_without_auth_is_refused_at_start():
@@ -273,6 +277,11 @@ def test_repeated_calls_keep_their_answer_session_and_audit_line(tmp_path):
                 return r
 
             replies = [tool_call(i) for i in range(2, 6)]
+            # A kept answer is no way around DNS-rebinding protection.
+            foreign = c.post(server.url, headers={**headers, "Host": "evil.example"}, json={
+                "jsonrpc": "2.0", "id": 7, "method": "tools/call",
+                "params": {"name": "list_services", "arguments": {"limit": 1}}})
+            assert foreign.status_code == 403, foreign.text
             for i, r in enumerate(replies, start=2):
                 assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream"), r.text
                 data = [l[len("data: "):] for l in r.text.splitlines() if l.startswith("data: ")]

@@ -1,5 +1,5 @@
 //! MCP over streamable HTTP (rmcp's transport, at `/mcp`) and the legacy HTTP+SSE transport
-//! (`/sse` + `/messages`), behind bpfsight's own gate: Origin validation
+//! (`/sse` + `/messages`), behind bpfsight's own gate: Host and Origin validation
 //! against DNS rebinding, bearer-token authentication, and a refusal to listen beyond loopback
 //! without tokens.
 
@@ -42,7 +42,54 @@ pub struct HttpConfig {
 struct Gate {
     tokens: Option<Arc<Tokens>>,
     allowed_origins: Vec<String>,
+    /// Loopback names and `--allowed-host`s, parsed.
+    allowed_hosts: Vec<Authority>,
     anonymous: Principal,
+}
+
+/// A host and optional port as rmcp compares them: lowercased, IPv6 without brackets.
+#[derive(Debug, PartialEq)]
+struct Authority {
+    host: String,
+    port: Option<u16>,
+}
+
+impl Authority {
+    fn new(host: &str, port: Option<u16>) -> Self {
+        Authority { host: host.trim_matches(['[', ']']).to_ascii_lowercase(), port }
+    }
+
+    /// An allowlist entry: `host` or `host:port` (a bare IPv6 address is a host).
+    fn allowed(entry: &str) -> Option<Self> {
+        let entry = entry.trim();
+        if entry.is_empty() {
+            return None;
+        }
+        Some(match http::uri::Authority::try_from(entry) {
+            Ok(a) => Authority::new(a.host(), a.port_u16()),
+            Err(_) => Authority::new(entry, None),
+        })
+    }
+
+    /// Where the request says it is going: its Host header, else the URI's authority (HTTP/2).
+    fn of(req: &Request) -> Option<Self> {
+        let a = match req.headers().get(header::HOST) {
+            Some(h) => http::uri::Authority::try_from(h.to_str().ok()?).ok()?,
+            None => req.uri().authority()?.clone(),
+        };
+        Some(Authority::new(a.host(), a.port_u16()))
+    }
+
+    fn admitted_by(&self, allowed: &[Authority]) -> bool {
+        allowed.iter().any(|a| a.host == self.host && a.port.is_none_or(|p| self.port == Some(p)))
+    }
+}
+
+/// The host names the server answers to: loopback ones and the configured ones.
+fn allowed_hosts(cfg: &HttpConfig) -> Vec<String> {
+    let mut hosts: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into(), "[::1]".into()];
+    hosts.extend(cfg.allowed_hosts.iter().cloned());
+    hosts
 }
 
 fn deny(status: StatusCode, message: &str) -> Response {
@@ -71,6 +118,11 @@ fn origin_allowed(origin: &str, allowed: &[String]) -> bool {
 }
 
 async fn gate(State(g): State<Arc<Gate>>, mut req: Request, next: Next) -> Response {
+    // DNS rebinding: a page on a hostile name resolving to this address must not reach any
+    // route, whichever transport it speaks.
+    if !Authority::of(&req).is_some_and(|a| a.admitted_by(&g.allowed_hosts)) {
+        return deny(StatusCode::FORBIDDEN, "Host not allowed; add the name clients use with --allowed-host");
+    }
     if let Some(origin) = req.headers().get(header::ORIGIN) {
         let ok = origin.to_str().is_ok_and(|o| origin_allowed(o, &g.allowed_origins));
         if !ok {
@@ -138,9 +190,8 @@ pub fn check(cfg: &HttpConfig) -> anyhow::Result<()> {
 /// behind the gate.
 pub fn router(server: BpfsightServer, cfg: &HttpConfig) -> Router {
     let mut sc = StreamableHttpServerConfig::default();
-    let mut hosts: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into(), "[::1]".into()];
-    hosts.extend(cfg.allowed_hosts.iter().cloned());
-    sc.allowed_hosts = hosts;
+    // rmcp checks the Host too; the gate already did, for every route.
+    sc.allowed_hosts = allowed_hosts(cfg);
     sc.max_request_body_bytes = cfg.max_body_bytes;
     // A priming event lets a client resume a broken stream from an event store; there is no
     // event store here (tool results are recomputed, not replayed), so it is only overhead.
@@ -163,6 +214,7 @@ pub fn router(server: BpfsightServer, cfg: &HttpConfig) -> Router {
     let gate_state = Arc::new(Gate {
         tokens: cfg.tokens.clone(),
         allowed_origins: cfg.allowed_origins.clone(),
+        allowed_hosts: allowed_hosts(cfg).iter().filter_map(|h| Authority::allowed(h)).collect(),
         anonymous: Principal { name: "anonymous".into(), role: Role::Read },
     });
     let legacy = crate::sse::SseSessions::new(server_for_sse, cfg.max_sessions);
@@ -222,5 +274,22 @@ mod tests {
         assert!(!origin_allowed("https://evil.example", &[]));
         assert!(!origin_allowed("http://localhost.evil.example", &[]));
         assert!(origin_allowed("https://app.example.com", &["https://app.example.com".into()]));
+    }
+
+    #[test]
+    fn hosts_match_by_name_and_by_port_when_the_entry_has_one() {
+        let allowed: Vec<Authority> = ["localhost", "::1", "[::1]", "mcp.example.com:8443"]
+            .iter()
+            .filter_map(|h| Authority::allowed(h))
+            .collect();
+        let host = |h: &str| {
+            let req = Request::builder().header(header::HOST, h).body(axum::body::Body::empty()).unwrap();
+            Authority::of(&req).is_some_and(|a| a.admitted_by(&allowed))
+        };
+        assert!(host("localhost:9000") && host("LOCALHOST") && host("[::1]:80"));
+        assert!(host("mcp.example.com:8443"));
+        assert!(!host("mcp.example.com") && !host("mcp.example.com:80"));
+        assert!(!host("evil.example") && !host("localhost.evil.example") && !host("10.0.0.1:80"));
+        assert!(!host("local host"));
     }
 }
