@@ -15,19 +15,19 @@ pub struct RobustZ {
 impl RobustZ {
     /// Expected value (median) and spread per feature over the last `window` rows of
     /// `history` (normalised rows, oldest first). `None` with fewer than 8 rows.
-    pub fn expect(&self, history: &[Vec<f32>]) -> Option<(Vec<f32>, Vec<f32>)> {
+    pub fn expect<R: AsRef<[f32]>>(&self, history: &[R]) -> Option<(Vec<f32>, Vec<f32>)> {
         let n = history.len().min(self.window);
         if n < 8 {
             return None;
         }
         let recent = &history[history.len() - n..];
-        let features = recent[0].len();
+        let features = recent[0].as_ref().len();
         let mut center = Vec::with_capacity(features);
         let mut spread = Vec::with_capacity(features);
         let mut col = Vec::with_capacity(n);
         for j in 0..features {
             col.clear();
-            col.extend(recent.iter().map(|r| r[j]));
+            col.extend(recent.iter().map(|r| r.as_ref()[j]));
             let (m, s) = robust_stats(&mut col);
             center.push(m);
             spread.push(s);

@@ -17,6 +17,7 @@ use crate::error::PredictError;
 use crate::lstm::{ModelConfig, Windows};
 use crate::model::{LstmModel, ModelMeta};
 use crate::norm::Scaler;
+use crate::rows::Rows;
 use crate::schema::Schema;
 use crate::score::{Contributor, StepScore, contributors, step_score};
 
@@ -167,8 +168,8 @@ struct Judged {
 }
 
 struct Scope {
-    raw: VecDeque<Vec<f32>>,
-    norm: VecDeque<Vec<f32>>,
+    raw: Rows,
+    norm: Rows,
     scaler: Option<Scaler>,
     baseline_cal: Calibrator,
     lstm_cal: Calibrator,
@@ -283,12 +284,13 @@ impl Engine {
             let cfg = &self.cfg;
             let schema = &self.schema;
             let sc = self.scopes.entry(name.clone()).or_insert_with(|| Scope {
-                raw: VecDeque::new(),
-                norm: VecDeque::new(),
+                raw: Rows::new(f, cfg.history),
+                norm: Rows::new(f, cfg.history),
                 scaler: None,
                 baseline_cal: Calibrator::new(cfg.calibration.clone()),
                 lstm_cal: Calibrator::new(cfg.calibration.clone()),
-                judged: VecDeque::new(),
+                // Exactly the steps kept: grown by doubling it would hold 512 slots for 300.
+                judged: VecDeque::with_capacity(cfg.judged),
                 last_t: t,
             });
             if !sc.raw.is_empty() && t <= sc.last_t {
@@ -297,11 +299,12 @@ impl Engine {
             }
             // Idle seconds of a service arrive as gaps: they are zeros, not missing data.
             let gap = t.saturating_sub(sc.last_t).saturating_sub(1).min(cfg.history as u64);
+            let idle = vec![0.0; f];
             for _ in 0..gap {
-                sc.append(vec![0.0; f], cfg.history);
+                sc.append(&idle);
             }
             sc.last_t = t;
-            sc.append(raw.clone(), cfg.history);
+            sc.append(&raw);
             if name == HOST {
                 self.samples += 1;
             }
@@ -314,9 +317,8 @@ impl Engine {
             }
             let Some(scaler) = &sc.scaler else { continue };
             let norm = scaler.normalize(&raw);
-            *sc.norm.back_mut().expect("just appended") = norm.clone();
-            let hist: Vec<Vec<f32>> =
-                sc.norm.iter().rev().skip(1).take(cfg.baseline_window).rev().cloned().collect();
+            sc.norm.last_mut().expect("just appended").copy_from_slice(&norm);
+            let hist: Vec<&[f32]> = sc.norm.iter().rev().skip(1).take(cfg.baseline_window).rev().collect();
             let baseline = RobustZ { window: cfg.baseline_window }.expect(&hist).map(|(c, s)| {
                 let score = step_score(&norm, &c, &s);
                 (score, c)
@@ -324,6 +326,10 @@ impl Engine {
             let baseline_threshold = sc.baseline_cal.threshold();
             if let Some((s, _)) = &baseline {
                 sc.baseline_cal.push(s.score);
+            }
+            // Room first, so that the deque never holds more than its capacity.
+            while sc.judged.len() >= cfg.judged.max(1) {
+                sc.judged.pop_front();
             }
             sc.judged.push_back(Judged {
                 t,
@@ -333,9 +339,6 @@ impl Engine {
                 lstm_threshold: None,
                 raw,
             });
-            while sc.judged.len() > cfg.judged {
-                sc.judged.pop_front();
-            }
             if let Some(w) = window
                 && sc.norm.len() > w
             {
@@ -395,7 +398,7 @@ impl Engine {
                 break;
             }
             budget -= take - self.cfg.model.window;
-            series.push(sc.norm.iter().skip(sc.norm.len() - take).cloned().collect());
+            series.push(sc.norm.tail(take).map(<[f32]>::to_vec).collect());
             scopes.push(name);
         }
         self.training = true;
@@ -508,7 +511,7 @@ impl Engine {
         let mut values = vec![Vec::with_capacity(horizon); f];
         match &self.model {
             Some(m) if sc.norm.len() >= m.window() => {
-                let hist: Vec<Vec<f32>> = sc.norm.iter().skip(sc.norm.len() - m.window()).cloned().collect();
+                let hist: Vec<&[f32]> = sc.norm.tail(m.window()).collect();
                 let out = m.rollout(&hist, horizon);
                 for h in 0..horizon {
                     for (j, v) in values.iter_mut().enumerate() {
@@ -518,7 +521,7 @@ impl Engine {
             }
             _ => {
                 let n = sc.raw.len().min(60);
-                let recent: Vec<&Vec<f32>> = sc.raw.iter().skip(sc.raw.len() - n).collect();
+                let recent: Vec<&[f32]> = sc.raw.tail(n).collect();
                 for (j, v) in values.iter_mut().enumerate() {
                     let ys: Vec<f64> = recent.iter().map(|r| r[j] as f64).collect();
                     let (a, b) = trend(&ys);
@@ -579,20 +582,16 @@ fn pick(j: &Judged, use_lstm: bool) -> Option<(f64, Option<f64>, &StepScore, &Ve
 }
 
 impl Scope {
-    fn append(&mut self, raw: Vec<f32>, cap: usize) {
-        let norm = self.scaler.as_ref().map_or_else(|| vec![0.0; raw.len()], |s| s.normalize(&raw));
-        self.raw.push_back(raw);
-        self.norm.push_back(norm);
-        while self.raw.len() > cap {
-            self.raw.pop_front();
-            self.norm.pop_front();
-        }
+    fn append(&mut self, raw: &[f32]) {
+        let norm = self.scaler.as_ref().map_or_else(|| vec![0.0; raw.len()], |s| s.normalize(raw));
+        self.raw.push(raw);
+        self.norm.push(&norm);
     }
 
     fn refit(&mut self, schema: &Schema) {
-        let rows: Vec<Vec<f32>> = self.raw.iter().cloned().collect();
+        let rows: Vec<&[f32]> = self.raw.iter().collect();
         let scaler = Scaler::fit(schema, &rows);
-        self.norm = rows.iter().map(|r| scaler.normalize(r)).collect();
+        self.norm = self.raw.map(|r| scaler.normalize(r));
         self.scaler = Some(scaler);
     }
 }

@@ -18,6 +18,7 @@ pub mod lstm;
 pub mod model;
 pub mod nab;
 pub mod norm;
+pub mod rows;
 pub mod schema;
 pub mod score;
 

@@ -141,9 +141,10 @@ impl LstmModel {
 
     /// `horizon` steps after `history` (its last [`LstmModel::window`] rows), each fed back
     /// as the next input; `horizon * features` values.
-    pub fn rollout(&self, history: &[Vec<f32>], horizon: usize) -> Vec<f32> {
+    pub fn rollout<R: AsRef<[f32]>>(&self, history: &[R], horizon: usize) -> Vec<f32> {
         let (w, f) = (self.window(), self.meta.schema.len());
-        let flat: Vec<f32> = history[history.len().saturating_sub(w)..].iter().flatten().copied().collect();
+        let flat: Vec<f32> =
+            history[history.len().saturating_sub(w)..].iter().flat_map(|r| r.as_ref()).copied().collect();
         let steps = flat.len() / f.max(1);
         if steps == 0 || horizon == 0 {
             return Vec::new();

@@ -45,12 +45,12 @@ pub fn robust_stats(v: &mut [f32]) -> (f32, f32) {
 
 impl Scaler {
     /// Fits on `rows` (each a raw feature vector in `schema` order).
-    pub fn fit(schema: &Schema, rows: &[Vec<f32>]) -> Scaler {
+    pub fn fit<R: AsRef<[f32]>>(schema: &Schema, rows: &[R]) -> Scaler {
         let log: Vec<bool> = schema.features.iter().map(|f| f.log).collect();
         let mut center = Vec::with_capacity(log.len());
         let mut scale = Vec::with_capacity(log.len());
         for (j, &lg) in log.iter().enumerate() {
-            let mut col: Vec<f32> = rows.iter().map(|r| transform(r[j], lg)).collect();
+            let mut col: Vec<f32> = rows.iter().map(|r| transform(r.as_ref()[j], lg)).collect();
             let (med, spread) = robust_stats(&mut col);
             // A column that never moved in training (an idle counter, a flat line) still
             // needs a unit: one e-fold for log columns, 1 % of the level otherwise.
