@@ -242,8 +242,12 @@ fn rss_under_processes(n: usize, services: usize, until: u64) {
                 .ok()
         })
         .collect();
+    // BENCH_RSS_ARGS adds `serve` flags, e.g. "--retrain-every 10m" to see a retrain (due
+    // hourly by default) within the run.
+    let extra = std::env::var("BENCH_RSS_ARGS").unwrap_or_default();
     let mut server = Command::new(env!("CARGO_BIN_EXE_bpfsight"))
         .arg("serve")
+        .args(extra.split_whitespace())
         .env("BPFSIGHT_LOG", "warn")
         .stdin(Stdio::piped())
         .stdout(Stdio::null())

@@ -574,7 +574,13 @@ impl BpfsightServer {
         session: &str,
     ) -> Option<bytes::Bytes> {
         let started = Instant::now();
-        if !self.tool_router.has_route(tool) || self.tool_router.is_disabled(tool) {
+        // Kept answers are of read-only tools, which every role may call; checked anyway, so
+        // that a tool that changes state can never be answered past the role check.
+        let read_only = self
+            .tool_router
+            .get(tool)
+            .is_some_and(|t| t.annotations.as_ref().and_then(|a| a.read_only_hint) == Some(true));
+        if !read_only || self.tool_router.is_disabled(tool) {
             return None;
         }
         let key = result_cache::key(tool, arguments)?;
