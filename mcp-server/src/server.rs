@@ -135,12 +135,8 @@ impl BpfsightServer {
             check(allow, "--tools")?;
         }
         check(&policy.deny_tools, "--deny-tools")?;
-        let writes: Vec<String> = tool_router
-            .list_all()
-            .into_iter()
-            .filter(|t| t.annotations.as_ref().and_then(|a| a.read_only_hint) != Some(true))
-            .map(|t| t.name.to_string())
-            .collect();
+        let writes: Vec<String> =
+            tool_router.list_all().into_iter().filter(changes_state).map(|t| t.name.to_string()).collect();
         for name in &known {
             let allowed = policy.allow_tools.as_ref().is_none_or(|a| a.contains(name));
             let write_hidden = !policy.write_tools && writes.contains(name);
@@ -175,10 +171,7 @@ impl BpfsightServer {
         let listed: Vec<String> =
             self.tool_router.list_all().into_iter().map(|t| t.name.to_string()).collect();
         let why = if self.tool_router.has_route(tool) {
-            let write = self
-                .tool_router
-                .get(tool)
-                .is_some_and(|t| t.annotations.as_ref().and_then(|a| a.read_only_hint) != Some(true));
+            let write = self.tool_router.get(tool).is_some_and(changes_state);
             if write && !self.policy.write_tools {
                 format!("{tool} changes state and this server runs read-only (start it with --write-tools)")
             } else {
@@ -530,6 +523,11 @@ fn non_empty(field: &str, v: Option<String>) -> Result<Option<String>, ErrorData
     }
 }
 
+/// Whether `tool` may change state: anything not annotated read-only counts as a write.
+fn changes_state(tool: &rmcp::model::Tool) -> bool {
+    tool.annotations.as_ref().and_then(|a| a.read_only_hint) != Some(true)
+}
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
@@ -576,10 +574,7 @@ impl BpfsightServer {
         let started = Instant::now();
         // Kept answers are of read-only tools, which every role may call; checked anyway, so
         // that a tool that changes state can never be answered past the role check.
-        let read_only = self
-            .tool_router
-            .get(tool)
-            .is_some_and(|t| t.annotations.as_ref().and_then(|a| a.read_only_hint) == Some(true));
+        let read_only = self.tool_router.get(tool).is_some_and(|t| !changes_state(t));
         if !read_only || self.tool_router.is_disabled(tool) {
             return None;
         }
@@ -677,10 +672,7 @@ impl ServerHandler for BpfsightServer {
         let tool = request.name.to_string();
         // The audit log is the only reader of the arguments after the call.
         let arguments = self.audited_arguments(request.arguments.as_ref());
-        let read_only = self
-            .tool_router
-            .get(&tool)
-            .is_none_or(|t| t.annotations.as_ref().and_then(|a| a.read_only_hint) == Some(true));
+        let read_only = self.tool_router.get(&tool).is_none_or(|t| !changes_state(t));
         let result = if !self.tool_router.has_route(&tool) || self.tool_router.is_disabled(&tool) {
             Err(self.unavailable(&tool))
         } else if !read_only && principal.role < Role::Write {

@@ -299,9 +299,11 @@ impl Engine {
             }
             // Idle seconds of a service arrive as gaps: they are zeros, not missing data.
             let gap = t.saturating_sub(sc.last_t).saturating_sub(1).min(cfg.history as u64);
-            let idle = vec![0.0; f];
-            for _ in 0..gap {
-                sc.append(&idle);
+            if gap > 0 {
+                let idle = vec![0.0; f];
+                for _ in 0..gap {
+                    sc.append(&idle);
+                }
             }
             sc.last_t = t;
             sc.append(&raw);
