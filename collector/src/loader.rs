@@ -183,6 +183,8 @@ struct KernelLayout {
     skb_gso_segs: u32,
     syscall_nr: u32,
     task_pid: u32,
+    task_tgid: u32,
+    task_comm: u32,
     task_exit_code: u32,
     /// `task_struct.sched_info.run_delay`, `.pcount`, `.last_arrival`.
     run_delay: u32,
@@ -211,6 +213,8 @@ impl KernelLayout {
             // x86-64's saved syscall number; other architectures name it differently.
             syscall_nr: offset("pt_regs", "orig_ax")?,
             task_pid: offset("task_struct", "pid")?,
+            task_tgid: offset("task_struct", "tgid")?,
+            task_comm: offset("task_struct", "comm")?,
             task_exit_code: offset("task_struct", "exit_code")?,
             run_delay: sched_info + offset("sched_info", "run_delay")?,
             pcount: sched_info + offset("sched_info", "pcount")?,
@@ -250,6 +254,8 @@ impl Programs {
             .override_global(globals::TASK_PCOUNT_OFFSET, &l.pcount, true)
             .override_global(globals::TASK_LAST_ARRIVAL_OFFSET, &l.last_arrival, true)
             .override_global(globals::TASK_SUM_EXEC_OFFSET, &l.sum_exec, true)
+            .override_global(globals::TASK_TGID_OFFSET, &l.task_tgid, true)
+            .override_global(globals::TASK_COMM_OFFSET, &l.task_comm, true)
             .override_global(globals::THREAD_SLOTS_MASK, &thread_slots_mask, true)
             .map_max_entries(maps::THREADS, thread_slots)
             .load(OBJECT)

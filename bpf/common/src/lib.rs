@@ -152,6 +152,10 @@ pub mod globals {
     pub const SKB_TCP_GSO_SEGS_OFFSET: &str = "SKB_TCP_GSO_SEGS_OFFSET";
     /// Byte offset of `exit_code` in `struct task_struct`.
     pub const TASK_EXIT_CODE_OFFSET: &str = "TASK_EXIT_CODE_OFFSET";
+    /// Byte offset of `tgid` (the process id) in `struct task_struct`.
+    pub const TASK_TGID_OFFSET: &str = "TASK_TGID_OFFSET";
+    /// Byte offset of `comm` (the 16-byte name) in `struct task_struct`.
+    pub const TASK_COMM_OFFSET: &str = "TASK_COMM_OFFSET";
 }
 
 /// Buckets of a [`LatHist`]: bucket 0 holds latencies under 1 µs, bucket `i` those in

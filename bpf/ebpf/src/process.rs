@@ -2,14 +2,14 @@
 
 use aya_ebpf::{
     EbpfContext,
-    helpers::{bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes},
+    helpers::bpf_probe_read_kernel_str_bytes,
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
 use bpfsight_common::{Counter, Owner, ProcEvent, ProcEventKind, exit_is_kill, layout};
 
 use crate::maps::{PROC_EVENTS, bump_proc, count, current_thread_slot};
-use crate::record::{at, current_owner, now_ns};
+use crate::record::{at, btf_field, current_task, now_ns, task_owner};
 
 /// Byte offset of `exit_code` in `struct task_struct`, set by the loader.
 #[unsafe(no_mangle)]
@@ -52,11 +52,10 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     if at::<u8>(&ctx, f::GROUP_DEAD) == 0 {
         return 0;
     }
-    // SAFETY: .rodata constant set by the loader; probe read of the exiting (current) task.
-    let off = unsafe { core::ptr::read_volatile(&TASK_EXIT_CODE_OFFSET) } as u64;
-    let task = unsafe { bpf_get_current_task() };
-    let code = unsafe { bpf_probe_read_kernel((task + off) as *const u32) }.unwrap_or(0);
-    let owner = current_owner();
+    // The exiting task is current.
+    let task = current_task();
+    let code: u32 = btf_field(task, &TASK_EXIT_CODE_OFFSET);
+    let owner = task_owner(task);
     bump_proc(&owner, |s| {
         s.exits += 1;
         if exit_is_kill(code) {

@@ -14,7 +14,7 @@ use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 use bpfsight_common::{HIST_BUCKETS, hist_bucket};
 
 use crate::maps::{FLUSH_MAX_SAMPLES, FLUSH_NS, claim_slot, flush_slot, thread_slot};
-use crate::record::{btf_field as field, current_owner};
+use crate::record::{btf_field as field, task_owner};
 
 /// Byte offset of `pid` (the thread id) in `struct task_struct`, set by the loader.
 #[unsafe(no_mangle)]
@@ -47,7 +47,7 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> u32 {
     }
     let Some(t) = thread_slot(tid) else { return 0 };
     if t.tid != tid {
-        claim_slot(t, tid, current_owner());
+        claim_slot(t, tid, task_owner(prev));
     }
     let preempt: u64 = ctx.arg(0);
     let prev_state: u64 = ctx.arg(3);
@@ -87,7 +87,7 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> u32 {
     if dead || arrival.saturating_sub(t.flushed_at) >= FLUSH_NS || t.runq_count >= FLUSH_MAX_SAMPLES {
         let exec: u64 = field(prev, &TASK_SUM_EXEC_OFFSET);
         // The thread is current: its name now is the one to file the batch under.
-        t.set_owner(&current_owner());
+        t.set_owner(&task_owner(prev));
         flush_slot(t, exec.saturating_sub(t.last_exec));
         t.last_exec = exec;
         t.flushed_at = arrival | 1;
