@@ -258,6 +258,7 @@ impl Programs {
             .override_global(globals::TASK_COMM_OFFSET, &l.task_comm, true)
             .override_global(globals::THREAD_SLOTS_MASK, &thread_slots_mask, true)
             .map_max_entries(maps::THREADS, thread_slots)
+            .map_max_entries(maps::SYSCALL_START, thread_slots)
             .load(OBJECT)
             .map_err(|e| CollectorError::load("object", e))?;
         let stale = |what: String| CollectorError::Unsupported {
@@ -276,6 +277,8 @@ impl Programs {
             .concat(),
             ProgramSet::BaselineOnly => [programs::BASELINE, programs::HOST_BASELINE].concat(),
         };
+        // A program may be listed once per hook it attaches to (the timed syscalls' entries).
+        let mut loaded = std::collections::HashSet::new();
         for p in wanted {
             let name = p.name;
             let prog = ebpf.program_mut(name).ok_or_else(|| stale(format!("program {name}")))?;
@@ -283,7 +286,9 @@ impl Programs {
                 Hook::Tracepoint(cat, event) => {
                     let tp: &mut TracePoint =
                         prog.try_into().map_err(|e| CollectorError::load(format!("program {name}"), e))?;
-                    tp.load().map_err(|e| CollectorError::load(format!("program {name}"), e))?;
+                    if loaded.insert(name) {
+                        tp.load().map_err(|e| CollectorError::load(format!("program {name}"), e))?;
+                    }
                     tp.attach(cat, event)
                         .map_err(|e| CollectorError::load(format!("attach {name} to {cat}:{event}"), e))?;
                 }

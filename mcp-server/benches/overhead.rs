@@ -5,7 +5,8 @@
 //! 2. loopback request/response throughput with the collector attached vs detached;
 //! 3. MCP tool-call latency over stdio against the real binary;
 //! 4. a syscall-heavy load (failing opens on every core) with the collector attached vs
-//!    detached, and how many syscall events per second the programs absorb;
+//!    detached, how many syscall events per second the programs absorb, and what one
+//!    syscall costs attached vs detached (a `getppid` loop);
 //! 5. the real binary's resident memory while 1,000 live processes wake up, switch and fail
 //!    syscalls: each its own service (the worst case), then as 50 services;
 //! 6. the collector's poll rate while the anomaly model trains beside it on busy cores.
@@ -57,6 +58,7 @@ fn main() {
     }
     if want("syscalls") {
         syscall_load();
+        per_syscall_cost();
     }
     if want("rss") {
         // The worst case (every process its own service, busy every second), then a more
@@ -288,6 +290,46 @@ fn rss_under_processes(n: usize, services: usize, until: u64) {
 unsafe extern "C" {
     #[link_name = "geteuid"]
     fn libc_geteuid() -> u32;
+    fn getppid() -> i32;
+}
+
+/// Nanoseconds per `getppid()` (a syscall that does almost nothing), best of 5 rounds of
+/// 1,000,000 calls on one thread.
+fn getppid_ns() -> f64 {
+    (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            for _ in 0..1_000_000 {
+                // SAFETY: no arguments, no memory; a real syscall (glibc does not cache it).
+                std::hint::black_box(unsafe { getppid() });
+            }
+            t.elapsed().as_nanos() as f64 / 1e6
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+/// What every syscall on the machine pays while bpfsight is attached: the syscall hooks force
+/// the kernel's slow syscall path, and `sys_exit` runs a program on every call. Much steadier
+/// than the throughput rounds, because one thread on an otherwise idle machine does nothing
+/// else.
+fn per_syscall_cost() {
+    let (mut off, mut on) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        off.push(getppid_ns());
+        let c = Collector::start(CollectorConfig::default()).expect("start collector");
+        std::thread::sleep(Duration::from_millis(500));
+        on.push(getppid_ns());
+        drop(c);
+    }
+    let (off_m, on_m) = (median(off.clone()), median(on.clone()));
+    println!("   one syscall (getppid, best of 5 x 1M calls, 3 interleaved rounds, medians):");
+    println!(
+        "   detached {off_m:.0} ns ({}), attached {on_m:.0} ns ({}): +{:.0} ns per syscall",
+        fmt_list(&off),
+        fmt_list(&on),
+        on_m - off_m
+    );
+    println!();
 }
 
 /// Echo server on loopback; returns its port. Each connection gets a thread.
@@ -435,7 +477,9 @@ fn program_costs() {
     };
     let all =
         bpfsight_collector::common::programs::TCP.iter().chain(bpfsight_collector::common::programs::HOST);
-    for p in all {
+    let mut seen = std::collections::HashSet::new();
+    // A program attached to several hooks (the timed syscalls' entries) is one row.
+    for p in all.filter(|p| seen.insert(p.name)) {
         let (runs, ns) = mean(p.name).unwrap_or((0, f64::NAN));
         let (_, base) = mean(&format!("baseline_{}", p.name)).unwrap_or((0, f64::NAN));
         let kind = match p.hook {

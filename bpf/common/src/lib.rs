@@ -46,6 +46,9 @@ pub mod maps {
     pub const PROC_EVENTS: &str = "PROC_EVENTS";
     /// `ARRAY` of per-thread scheduler batches, indexed by tid (kernel-only; sized by the loader).
     pub const THREADS: &str = "THREADS";
+    /// `ARRAY` of the entry times of timed syscalls in progress, indexed by tid like
+    /// [`THREADS`] (kernel-only; sized by the loader).
+    pub const SYSCALL_START: &str = "SYSCALL_START";
 }
 
 /// Program names as they appear in the object file, and where each attaches.
@@ -86,7 +89,12 @@ pub mod programs {
         btf("mm_page_alloc", "mm_page_alloc"),
         tp("block_rq_issue", "block", "block_rq_issue"),
         tp("block_rq_complete", "block", "block_rq_complete"),
-        btf("sys_enter", "sys_enter"),
+        tp("sys_enter_slow", "syscalls", "sys_enter_connect"),
+        tp("sys_enter_slow", "syscalls", "sys_enter_accept"),
+        tp("sys_enter_slow", "syscalls", "sys_enter_accept4"),
+        tp("sys_enter_slow", "syscalls", "sys_enter_fsync"),
+        tp("sys_enter_slow", "syscalls", "sys_enter_fdatasync"),
+        tp("sys_enter_slow", "syscalls", "sys_enter_sync_file_range"),
         btf("sys_exit", "sys_exit"),
     ];
 
@@ -99,7 +107,12 @@ pub mod programs {
         btf("baseline_mm_page_alloc", "mm_page_alloc"),
         tp("baseline_block_rq_issue", "block", "block_rq_issue"),
         tp("baseline_block_rq_complete", "block", "block_rq_complete"),
-        btf("baseline_sys_enter", "sys_enter"),
+        tp("baseline_sys_enter_slow", "syscalls", "sys_enter_connect"),
+        tp("baseline_sys_enter_slow", "syscalls", "sys_enter_accept"),
+        tp("baseline_sys_enter_slow", "syscalls", "sys_enter_accept4"),
+        tp("baseline_sys_enter_slow", "syscalls", "sys_enter_fsync"),
+        tp("baseline_sys_enter_slow", "syscalls", "sys_enter_fdatasync"),
+        tp("baseline_sys_enter_slow", "syscalls", "sys_enter_sync_file_range"),
         btf("baseline_sys_exit", "sys_exit"),
     ];
 
@@ -635,7 +648,9 @@ pub enum Counter {
     SendStatsFull = 3,
     /// Updates lost because `PROC_STATS` was full.
     ProcStatsFull = 4,
-    /// Slow syscalls or block requests not timed because a start-time map was full.
+    /// Slow syscalls or block requests not timed: a block request's in-flight bucket was full,
+    /// or a thread whose tid maps to the same `SYSCALL_START` slot (only when `pid_max`
+    /// exceeds the table) entered a timed syscall meanwhile.
     StartMapFull = 5,
     /// Updates lost because `IO_STATS`, `SYSCALL_ERRORS`, `SYSCALL_LAT` or `CONNECT_LAT` was full.
     HostStatsFull = 6,
@@ -790,6 +805,22 @@ pub mod layout {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Entry is hooked exactly for the timed syscalls, by the real program and its baseline.
+    #[test]
+    fn slow_syscall_entries_match_the_timed_list() {
+        use programs::{HOST, HOST_BASELINE, Hook};
+        for (list, name) in [(HOST, "sys_enter_slow"), (HOST_BASELINE, "baseline_sys_enter_slow")] {
+            let mut hooked = list.iter().filter(|p| p.name == name).map(|p| match p.hook {
+                Hook::Tracepoint("syscalls", event) => event.strip_prefix("sys_enter_"),
+                _ => None,
+            });
+            for (_, syscall) in SLOW_SYSCALLS {
+                assert_eq!(hooked.next(), Some(Some(*syscall)), "{name}");
+            }
+            assert_eq!(hooked.next(), None, "{name}");
+        }
+    }
 
     /// Sockets come from a slab: consecutive objects a little over 2 KiB apart. 10,000 live
     /// ones must spread so that (almost) none overflows its bucket.

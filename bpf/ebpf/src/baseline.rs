@@ -87,8 +87,8 @@ pub fn baseline_block_rq_complete(_ctx: TracePointContext) -> u32 {
     tick(16)
 }
 
-#[btf_tracepoint(function = "sys_enter")]
-pub fn baseline_sys_enter(_ctx: BtfTracePointContext) -> u32 {
+#[tracepoint]
+pub fn baseline_sys_enter_slow(_ctx: TracePointContext) -> u32 {
     tick(17)
 }
 

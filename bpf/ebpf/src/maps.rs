@@ -3,7 +3,7 @@
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid,
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use bpfsight_common::{
     COUNTERS_LEN, ConnKey, ConnStats, Counter, IO_BUCKETS, IO_WAYS, InflightIo, IoBucket, IoKey, IoReqKey,
@@ -300,33 +300,51 @@ pub fn io_take(key: &IoReqKey) -> Option<InflightIo> {
 #[map(name = "IO_STATS")]
 pub static IO_STATS: PerCpuHashMap<IoKey, IoStats> = PerCpuHashMap::with_max_entries(2048, 0);
 
-/// Entry time of the slow syscall in progress, by tid (0: none); written in place, never
-/// deleted (an in-place store costs a lookup, an update or delete takes the bucket lock and
-/// the free list); LRU, so threads that exited make room for new ones.
-#[map(name = "SYSCALL_START")]
-pub static SYSCALL_START: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16384, 0);
+/// The entry time of a thread's timed syscall (see [`SYSCALL_START`]).
+#[repr(C)]
+pub struct SyscallStart {
+    /// The thread that entered.
+    pub tid: u32,
+    pub _pad: u32,
+    /// `bpf_ktime_get_ns` at entry; 0 once taken.
+    pub start_ns: u64,
+}
 
-/// Sets `map[key] = value`, in place when the key exists (no lock, no allocation).
+/// Entry times of timed syscalls in progress, indexed by `tid & THREAD_SLOTS_MASK` like
+/// [`THREADS`] and sized with it by the loader. An array slot is a computed address: the LRU
+/// hash this replaced cost a lookup (100-150 ns here) at entry and again at exit.
+#[map(name = "SYSCALL_START")]
+pub static SYSCALL_START: Array<SyscallStart> = Array::with_max_entries(1, 0);
+
+/// The [`SYSCALL_START`] slot of thread `tid`.
 #[inline(always)]
-pub fn store_start(map: &LruHashMap<u32, u64>, key: u32, value: u64) {
-    match map.get_ptr_mut(&key) {
-        // SAFETY: map value pointer; an aligned u64 store.
-        Some(p) => unsafe { *p = value },
-        None => {
-            if map.insert(&key, &value, 0).is_err() {
-                count(Counter::StartMapFull);
-            }
+fn syscall_start_slot(tid: u32) -> Option<&'static mut SyscallStart> {
+    // SAFETY: .rodata constant set by the loader.
+    let mask = unsafe { core::ptr::read_volatile(&THREAD_SLOTS_MASK) };
+    // SAFETY: array value pointer; a slot is written by its own thread's syscalls, or by a
+    // thread whose tid collides (only when `pid_max` exceeds the table), which is counted.
+    SYSCALL_START.get_ptr_mut(tid & mask).map(|p| unsafe { &mut *p })
+}
+
+/// Notes that thread `tid` entered a timed syscall at `now`. A colliding thread's entry still
+/// in the slot is replaced, and that call goes untimed (counted).
+#[inline(always)]
+pub fn store_start(tid: u32, now: u64) {
+    if let Some(s) = syscall_start_slot(tid) {
+        if s.tid != tid && s.start_ns != 0 {
+            count(Counter::StartMapFull);
         }
+        s.tid = tid;
+        s.start_ns = now;
     }
 }
 
-/// Takes `map[key]` (0 if absent or already taken), leaving 0.
+/// Takes thread `tid`'s entry time (0 if none, already taken, or replaced), leaving 0.
 #[inline(always)]
-pub fn take_start(map: &LruHashMap<u32, u64>, key: u32) -> u64 {
-    match map.get_ptr_mut(&key) {
-        // SAFETY: map value pointer; an aligned u64 swap.
-        Some(p) => unsafe { core::mem::replace(&mut *p, 0) },
-        None => 0,
+pub fn take_start(tid: u32) -> u64 {
+    match syscall_start_slot(tid) {
+        Some(s) if s.tid == tid => core::mem::replace(&mut s.start_ns, 0),
+        _ => 0,
     }
 }
 

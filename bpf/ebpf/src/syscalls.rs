@@ -1,14 +1,19 @@
 //! Syscalls: failures by syscall and errno for every call, and latency for the few calls where
 //! a service waits on the network or the disk ([`SLOW_SYSCALLS`](bpfsight_common::SLOW_SYSCALLS)).
 //!
-//! Both hooks run on every syscall on the machine, so they are BTF tracepoints (the raw
-//! arguments, without the cost of formatting a `raw_syscalls` record for each call), and the
+//! The exit hook runs on every syscall on the machine, so it is a BTF tracepoint (the raw
+//! arguments, without the cost of formatting a `raw_syscalls` record for each call), and its
 //! common case (a call that succeeded and is not timed) is two comparisons and no map access.
+//! Entry is hooked only for the timed calls.
 
-use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::btf_tracepoint, programs::BtfTracePointContext};
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid,
+    macros::{btf_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, TracePointContext},
+};
 use bpfsight_common::{MAX_ERRNO, SyscallKey};
 
-use crate::maps::{SYSCALL_START, bump_syscall_error, bump_syscall_lat, store_start, take_start};
+use crate::maps::{bump_syscall_error, bump_syscall_lat, store_start, take_start};
 use crate::record::{btf_field, current_owner, now_ns};
 
 /// Byte offset of the syscall number in `struct pt_regs` (`orig_ax`), set by the loader.
@@ -21,14 +26,13 @@ fn is_slow(nr: i64) -> bool {
     matches!(nr, 42 | 43 | 288 | 74 | 75 | 277)
 }
 
-#[btf_tracepoint(function = "sys_enter")]
-pub fn sys_enter(ctx: BtfTracePointContext) -> u32 {
-    // sys_enter(struct pt_regs *regs, long id)
-    let nr: i64 = ctx.arg(1);
-    if !is_slow(nr) {
-        return 0;
-    }
-    store_start(&SYSCALL_START, bpf_get_current_pid_tgid() as u32, now_ns());
+/// Entry of a timed syscall. Attached to `syscalls:sys_enter_<name>` of each of the
+/// [`SLOW_SYSCALLS`](bpfsight_common::SLOW_SYSCALLS) only, not to `sys_enter`: the kernel's
+/// syscall-event handler skips every other call with a bit test, where a `sys_enter` program,
+/// however trivial, is a BPF run on every syscall on the machine.
+#[tracepoint]
+pub fn sys_enter_slow(_ctx: TracePointContext) -> u32 {
+    store_start(bpf_get_current_pid_tgid() as u32, now_ns());
     0
 }
 
@@ -45,7 +49,7 @@ pub fn sys_exit(ctx: BtfTracePointContext) -> u32 {
     }
     let owner = current_owner();
     if slow {
-        let start = take_start(&SYSCALL_START, bpf_get_current_pid_tgid() as u32);
+        let start = take_start(bpf_get_current_pid_tgid() as u32);
         if start != 0 {
             bump_syscall_lat(&SyscallKey { owner, nr: nr as u32, errno: 0 }, now_ns().saturating_sub(start));
         }
