@@ -187,14 +187,20 @@ pub static THREADS: Array<ThreadSlot> = Array::with_max_entries(1, 0);
 #[unsafe(no_mangle)]
 static THREAD_SLOTS_MASK: u32 = 0;
 
+/// The index of thread `tid` in the tables sized by the loader ([`THREADS`],
+/// [`SYSCALL_START`]).
+#[inline(always)]
+fn thread_index(tid: u32) -> u32 {
+    // SAFETY: .rodata constant set by the loader.
+    tid & unsafe { core::ptr::read_volatile(&THREAD_SLOTS_MASK) }
+}
+
 /// The slot of thread `tid`, whoever holds it.
 #[inline(always)]
 pub fn thread_slot(tid: u32) -> Option<&'static mut ThreadSlot> {
-    // SAFETY: .rodata constant set by the loader.
-    let mask = unsafe { core::ptr::read_volatile(&THREAD_SLOTS_MASK) };
     // SAFETY: array value pointer; a slot is only written by events of its own thread, which
     // the scheduler serialises (a colliding thread may race, at worst blurring one batch).
-    THREADS.get_ptr_mut(tid & mask).map(|p| unsafe { &mut *p })
+    THREADS.get_ptr_mut(thread_index(tid)).map(|p| unsafe { &mut *p })
 }
 
 /// The slot of the running thread, taken over if another thread holds it; `None` on an idle
@@ -319,11 +325,9 @@ pub static SYSCALL_START: Array<SyscallStart> = Array::with_max_entries(1, 0);
 /// The [`SYSCALL_START`] slot of thread `tid`.
 #[inline(always)]
 fn syscall_start_slot(tid: u32) -> Option<&'static mut SyscallStart> {
-    // SAFETY: .rodata constant set by the loader.
-    let mask = unsafe { core::ptr::read_volatile(&THREAD_SLOTS_MASK) };
     // SAFETY: array value pointer; a slot is written by its own thread's syscalls, or by a
     // thread whose tid collides (only when `pid_max` exceeds the table), which is counted.
-    SYSCALL_START.get_ptr_mut(tid & mask).map(|p| unsafe { &mut *p })
+    SYSCALL_START.get_ptr_mut(thread_index(tid)).map(|p| unsafe { &mut *p })
 }
 
 /// Notes that thread `tid` entered a timed syscall at `now`. A colliding thread's entry still

@@ -47,13 +47,9 @@ pub fn current_owner() -> Owner {
 #[inline(always)]
 pub fn task_owner(task: u64) -> Owner {
     let tgid: u32 = btf_field(task, &TASK_TGID_OFFSET);
-    let lo: u64 = btf_field(task, &TASK_COMM_OFFSET);
-    // SAFETY: .rodata constant set by the loader; the load is verified against BTF (inside
-    // `comm`, which is 16 bytes).
-    let hi: u64 = unsafe {
-        let off = core::ptr::read_volatile(&TASK_COMM_OFFSET) as u64 + 8;
-        core::ptr::read_volatile((task + off) as *const u64)
-    };
+    // `comm` is 16 bytes: two loads, both inside it.
+    let lo: u64 = btf_field_at(task, &TASK_COMM_OFFSET, 0);
+    let hi: u64 = btf_field_at(task, &TASK_COMM_OFFSET, 8);
     // SAFETY: same size, and every bit pattern is a valid `[u8; 16]`.
     let comm = unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>([lo, hi]) };
     Owner { tgid, _pad: 0, comm }
@@ -65,9 +61,15 @@ pub fn task_owner(task: u64) -> Owner {
 /// into a guarded direct load: no helper call.
 #[inline(always)]
 pub fn btf_field<T: Copy>(ptr: u64, off: &u32) -> T {
+    btf_field_at(ptr, off, 0)
+}
+
+/// Like [`btf_field`], `extra` bytes into the field (a part of an array member).
+#[inline(always)]
+pub fn btf_field_at<T: Copy>(ptr: u64, off: &u32, extra: u64) -> T {
     // SAFETY: the offset is a loader-set constant; the load is verified against BTF.
     unsafe {
-        let off = core::ptr::read_volatile(off) as u64;
+        let off = core::ptr::read_volatile(off) as u64 + extra;
         core::ptr::read_volatile((ptr + off) as *const T)
     }
 }
