@@ -9,6 +9,7 @@ use std::path::Path;
 const MAGIC: u16 = 0xeb9f;
 const KIND_STRUCT: u32 = 4;
 const KIND_UNION: u32 = 5;
+const KIND_TYPEDEF: u32 = 8;
 
 /// Why a member offset could not be found.
 #[derive(Debug, thiserror::Error)]
@@ -125,6 +126,14 @@ impl Btf {
         std::str::from_utf8(&bytes[..n]).unwrap_or("")
     }
 
+    /// Whether the kernel has a BTF tracepoint (`tp_btf`) named `event`: each tracepoint
+    /// gets a `btf_trace_<event>` typedef, which is what a `tp_btf` program is checked against.
+    pub fn has_btf_tracepoint(&self, event: &str) -> bool {
+        self.types.iter().any(|t| {
+            t.kind == KIND_TYPEDEF && self.name(t.name_off).strip_prefix("btf_trace_") == Some(event)
+        })
+    }
+
     /// Byte offset of `member` in `struct strukt`, looking inside anonymous structs/unions.
     pub fn member_offset(&self, strukt: &str, member: &str) -> Result<usize, BtfError> {
         let not_found = || BtfError::NotFound { strukt: strukt.into(), member: member.into() };
@@ -196,6 +205,16 @@ mod tests {
         let proto = btf.member_offset("sock", "sk_protocol").unwrap();
         assert!(proto > 16 && proto < 1024, "{proto}");
         assert!(matches!(btf.member_offset("sock", "no_such_member"), Err(BtfError::NotFound { .. })));
+    }
+
+    #[test]
+    fn knows_which_btf_tracepoints_the_running_kernel_has() {
+        let btf = Btf::from_sys_fs().expect("kernel BTF");
+        for event in ["sched_switch", "sys_exit", "mm_page_alloc", "sock_send_length"] {
+            assert!(btf.has_btf_tracepoint(event), "{event}");
+        }
+        assert!(!btf.has_btf_tracepoint("no_such_event"));
+        assert!(!btf.has_btf_tracepoint("sched"), "a prefix is not a tracepoint");
     }
 
     #[test]

@@ -82,7 +82,7 @@ impl Collector {
         let tracefs = kernel::ensure_mounts()?;
         kernel::check_layouts(&tracefs)?;
         kernel::raise_memlock();
-        let mut programs = Programs::load(config.programs)?;
+        let mut programs = Programs::load(config.programs, &tracefs)?;
         // After attaching, so a listener opened meanwhile is seen by one side or the other.
         let listeners = crate::preexisting::listeners();
         tracing::debug!(count = listeners.len(), "pre-existing TCP listeners");

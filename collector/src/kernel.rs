@@ -4,6 +4,7 @@ use std::ffi::CString;
 use std::path::{Path, PathBuf};
 
 use bpfsight_common::layout;
+use bpfsight_common::programs::Hook;
 
 use crate::error::{CollectorError, missing_caps};
 
@@ -84,6 +85,29 @@ pub fn raise_memlock() {
     }
 }
 
+/// The error for a hook the running kernel does not have, saying why that may be and what to
+/// do (the `Unsupported` kind, so `--source auto` falls back to /proc).
+pub fn missing_hook(hook: Hook) -> CollectorError {
+    let (what, why) = match hook {
+        Hook::Tracepoint("syscalls", event) => (
+            format!("tracepoint syscalls:{event}"),
+            "this kernel was built without syscall tracepoints (CONFIG_FTRACE_SYSCALLS)",
+        ),
+        Hook::Tracepoint(cat, event) => (
+            format!("tracepoint {cat}:{event}"),
+            "this kernel does not have it (bpfsight needs Linux 6.3 or later)",
+        ),
+        Hook::BtfTracepoint(event) => (
+            format!("BTF tracepoint {event}"),
+            "this kernel's BTF does not list it (bpfsight needs Linux 6.3 or later)",
+        ),
+    };
+    CollectorError::Unsupported {
+        what,
+        hint: format!("{why}; `--source procfs`, or the default `--source auto`, answers from /proc instead"),
+    }
+}
+
 /// Checks every field the programs read against the running kernel's format files.
 pub fn check_layouts(tracefs: &Path) -> Result<(), CollectorError> {
     let mut current: Option<(&str, &str, String)> = None;
@@ -92,11 +116,7 @@ pub fn check_layouts(tracefs: &Path) -> Result<(), CollectorError> {
             let path = tracefs.join("events").join(cat).join(name).join("format");
             let text = std::fs::read_to_string(&path).map_err(|e| {
                 if e.kind() == std::io::ErrorKind::NotFound {
-                    CollectorError::Unsupported {
-                        what: format!("tracepoint {cat}:{name}"),
-                        hint: "this kernel does not have it (bpfsight needs Linux 6.x with TCP tracepoints)"
-                            .into(),
-                    }
+                    missing_hook(Hook::Tracepoint(cat, name))
                 } else {
                     CollectorError::Io { path: path.clone(), source: e }
                 }

@@ -4,6 +4,7 @@
 //! `bpf/bpfsight.bpf.o`, so a stable `cargo build` needs no BPF toolchain.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::time::Duration;
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
@@ -15,6 +16,7 @@ use bpfsight_common::{
     SockBucket, SockState, SyscallKey, TcpEvent, globals, maps,
 };
 
+use crate::btf::Btf;
 use crate::error::CollectorError;
 use crate::tcp::TcpCounters;
 
@@ -195,11 +197,7 @@ struct KernelLayout {
 }
 
 impl KernelLayout {
-    fn from_sys_fs() -> Result<Self, CollectorError> {
-        let btf = crate::btf::Btf::from_sys_fs().map_err(|e| CollectorError::Unsupported {
-            what: "kernel BTF (/sys/kernel/btf/vmlinux)".into(),
-            hint: format!("{e}; bpfsight needs a kernel built with CONFIG_DEBUG_INFO_BTF=y"),
-        })?;
+    fn from_btf(btf: &Btf) -> Result<Self, CollectorError> {
         let offset = |strukt: &str, member: &str| {
             btf.member_offset(strukt, member).map(|o| o as u32).map_err(|e| CollectorError::Unsupported {
                 what: format!("struct {strukt} layout"),
@@ -224,6 +222,15 @@ impl KernelLayout {
     }
 }
 
+/// Fails with what is missing if the running kernel does not have `hook`.
+fn check_hook(hook: Hook, tracefs: &Path, btf: &Btf) -> Result<(), CollectorError> {
+    let present = match hook {
+        Hook::Tracepoint(cat, event) => tracefs.join("events").join(cat).join(event).is_dir(),
+        Hook::BtfTracepoint(event) => btf.has_btf_tracepoint(event),
+    };
+    if present { Ok(()) } else { Err(crate::kernel::missing_hook(hook)) }
+}
+
 /// Slots of the kernel's per-thread table: the power of two at or above `pid_max` (so every
 /// thread has its own), at most 32,768 (128 bytes each: 4 MiB of kernel memory at most).
 fn thread_slots() -> u32 {
@@ -236,9 +243,34 @@ fn thread_slots() -> u32 {
 
 impl Programs {
     /// Loads the object and attaches the programs of `set`.
-    pub fn load(set: ProgramSet) -> Result<Self, CollectorError> {
+    ///
+    /// Every hook is checked first (`tracefs`: the tracing root, for classic tracepoints), so
+    /// a kernel that lacks one is reported as [`CollectorError::Unsupported`], naming it, and
+    /// `--source auto` falls back to /proc, instead of failing half-attached.
+    pub fn load(set: ProgramSet, tracefs: &Path) -> Result<Self, CollectorError> {
+        let wanted: Vec<programs::Program> = match set {
+            ProgramSet::All => [programs::TCP, programs::HOST].concat(),
+            ProgramSet::AllWithBaseline => [
+                programs::TCP,
+                programs::HOST,
+                programs::BASELINE,
+                programs::HOST_BASELINE,
+                &[programs::CLASSIC_SEND_FLOOR],
+            ]
+            .concat(),
+            ProgramSet::BaselineOnly => [programs::BASELINE, programs::HOST_BASELINE].concat(),
+        };
         // Resolved first, so the parsed BTF is freed before aya parses its own copy.
-        let layout = KernelLayout::from_sys_fs()?;
+        let layout = {
+            let btf = Btf::from_sys_fs().map_err(|e| CollectorError::Unsupported {
+                what: "kernel BTF (/sys/kernel/btf/vmlinux)".into(),
+                hint: format!("{e}; bpfsight needs a kernel built with CONFIG_DEBUG_INFO_BTF=y"),
+            })?;
+            for p in &wanted {
+                check_hook(p.hook, tracefs, &btf)?;
+            }
+            KernelLayout::from_btf(&btf)?
+        };
         let aya_btf = aya::Btf::from_sys_fs().map_err(|e| CollectorError::load("kernel BTF", e))?;
         let thread_slots = thread_slots();
         let thread_slots_mask = thread_slots - 1;
@@ -264,18 +296,6 @@ impl Programs {
         let stale = |what: String| CollectorError::Unsupported {
             what,
             hint: "the embedded BPF object is stale; rebuild with `cargo xtask build-bpf`".into(),
-        };
-        let wanted: Vec<programs::Program> = match set {
-            ProgramSet::All => [programs::TCP, programs::HOST].concat(),
-            ProgramSet::AllWithBaseline => [
-                programs::TCP,
-                programs::HOST,
-                programs::BASELINE,
-                programs::HOST_BASELINE,
-                &[programs::CLASSIC_SEND_FLOOR],
-            ]
-            .concat(),
-            ProgramSet::BaselineOnly => [programs::BASELINE, programs::HOST_BASELINE].concat(),
         };
         // A program may be listed once per hook it attaches to (the timed syscalls' entries).
         let mut loaded = std::collections::HashSet::new();
@@ -475,5 +495,32 @@ impl Programs {
                 })
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Real kernel: every hook of every program set is there, and a missing one is reported as
+    /// `Unsupported` (what `--source auto` falls back on), naming it.
+    #[test]
+    fn hooks_are_checked_against_the_running_kernel() {
+        let tracefs = crate::kernel::ensure_mounts().expect("tracefs (run as root)");
+        let btf = Btf::from_sys_fs().expect("kernel BTF");
+        let all = [programs::TCP, programs::HOST, programs::BASELINE, programs::HOST_BASELINE];
+        for p in all.concat() {
+            check_hook(p.hook, &tracefs, &btf).unwrap_or_else(|e| panic!("{}: {e}", p.name));
+        }
+        let missing = |hook| match check_hook(hook, &tracefs, &btf) {
+            Err(e @ CollectorError::Unsupported { .. }) => e.to_string(),
+            other => panic!("{hook:?}: {other:?}"),
+        };
+        let e = missing(Hook::Tracepoint("syscalls", "sys_enter_no_such_call"));
+        assert!(e.contains("syscalls:sys_enter_no_such_call") && e.contains("CONFIG_FTRACE_SYSCALLS"), "{e}");
+        let e = missing(Hook::Tracepoint("tcp", "no_such_event"));
+        assert!(e.contains("tcp:no_such_event") && e.contains("--source procfs"), "{e}");
+        let e = missing(Hook::BtfTracepoint("no_such_event"));
+        assert!(e.contains("BTF tracepoint no_such_event"), "{e}");
     }
 }

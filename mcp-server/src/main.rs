@@ -181,7 +181,11 @@ impl Data {
             )),
             Source::Auto => match Collector::start(live(Backend::Ebpf)) {
                 Ok(c) => Ok(Data::Live(c)),
-                Err(e @ (CollectorError::PermissionDenied { .. } | CollectorError::Unsupported { .. })) => {
+                Err(
+                    e @ (CollectorError::PermissionDenied { .. }
+                    | CollectorError::Unsupported { .. }
+                    | CollectorError::LayoutMismatch { .. }),
+                ) => {
                     tracing::warn!(
                         reason = %e,
                         "eBPF is not available; answering from /proc instead (coarser; --source ebpf makes this an error)"
