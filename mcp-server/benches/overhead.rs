@@ -196,21 +196,28 @@ fn syscall_load() {
             std::thread::sleep(Duration::from_millis(300));
             floor.push(open_storm(SECS));
         }
-        let _stats = enable_bpf_stats().expect("enable BPF statistics");
         let c = Collector::start(CollectorConfig::default()).expect("start collector");
         std::thread::sleep(Duration::from_millis(300));
-        let runs = |c: &Collector| {
-            c.program_stats().iter().find(|s| s.name == "sys_exit").map_or(0, |s| s.run_count)
-        };
-        std::thread::sleep(Duration::from_millis(1100)); // a poll, so program stats are current
-        let before = runs(&c);
-        let t = Instant::now();
         on.push(open_storm(SECS));
-        std::thread::sleep(Duration::from_millis(1100));
-        absorbed.push((runs(&c) - before) as f64 / t.elapsed().as_secs_f64());
+        std::thread::sleep(Duration::from_millis(1100)); // a poll, so health counters are current
         let h = c.store().read().unwrap().health().clone();
         drops += h.host_stats_full + h.proc_stats_full + h.start_map_full + h.proc_ringbuf_drops;
         drop(c);
+    }
+    // Events absorbed, counted by bpf_stats in rounds of their own: its clock reads around
+    // every program run would otherwise slow the attached rounds but not the others.
+    for _ in 0..3 {
+        let _stats = enable_bpf_stats().expect("enable BPF statistics");
+        let c = Collector::start(CollectorConfig::default()).expect("start collector");
+        let runs = |c: &Collector| {
+            c.program_stats().iter().find(|s| s.name == "sys_exit").map_or(0, |s| s.run_count)
+        };
+        std::thread::sleep(Duration::from_millis(1400)); // a poll, so program stats are current
+        let before = runs(&c);
+        let t = Instant::now();
+        open_storm(SECS);
+        std::thread::sleep(Duration::from_millis(1100));
+        absorbed.push((runs(&c) - before) as f64 / t.elapsed().as_secs_f64());
     }
     let (off_m, on_m, floor_m) = (median(off.clone()), median(on.clone()), median(floor.clone()));
     println!(
@@ -313,21 +320,31 @@ fn getppid_ns() -> f64 {
 /// than the throughput rounds, because one thread on an otherwise idle machine does nothing
 /// else.
 fn per_syscall_cost() {
-    let (mut off, mut on) = (Vec::new(), Vec::new());
+    let (mut off, mut on, mut floor) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..3 {
         off.push(getppid_ns());
         let c = Collector::start(CollectorConfig::default()).expect("start collector");
         std::thread::sleep(Duration::from_millis(500));
         on.push(getppid_ns());
         drop(c);
+        let base = CollectorConfig { programs: ProgramSet::BaselineOnly, ..Default::default() };
+        let c = Collector::start(base).expect("start baseline collector");
+        std::thread::sleep(Duration::from_millis(500));
+        floor.push(getppid_ns());
+        drop(c);
     }
-    let (off_m, on_m) = (median(off.clone()), median(on.clone()));
+    let (off_m, on_m, floor_m) = (median(off.clone()), median(on.clone()), median(floor.clone()));
     println!("   one syscall (getppid, best of 5 x 1M calls, 3 interleaved rounds, medians):");
     println!(
-        "   detached {off_m:.0} ns ({}), attached {on_m:.0} ns ({}): +{:.0} ns per syscall",
+        "   detached {off_m:.0} ns ({}), attached {on_m:.0} ns ({}), trivial programs only {floor_m:.0} ns ({})",
         fmt_list(&off),
         fmt_list(&on),
-        on_m - off_m
+        fmt_list(&floor),
+    );
+    println!(
+        "   per syscall: +{:.0} ns attached, +{:.0} ns with trivial programs on the same hooks",
+        on_m - off_m,
+        floor_m - off_m
     );
     println!();
 }
@@ -362,8 +379,29 @@ fn echo_server(stop: Arc<AtomicBool>) -> u16 {
 }
 
 /// Round trips per second of 64-byte request/response over `clients` connections.
-fn rpc_rate(port: u16, clients: usize, secs: f64) -> f64 {
+/// One round of loopback request/response: round trips per second, and the CPU time this
+/// process used per round trip (client and server threads, the kernel's TCP work done on
+/// their behalf, the BPF programs that ran in their context, and an in-process collector).
+struct RpcRound {
+    rate: f64,
+    cpu_ns_per_rt: f64,
+}
+
+/// User plus system CPU time of this process, all threads.
+fn process_cpu_ns() -> f64 {
+    // SAFETY: `getrusage` fills the struct it is given.
+    let u = unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut u);
+        u
+    };
+    let tv = |t: libc::timeval| t.tv_sec as f64 * 1e9 + t.tv_usec as f64 * 1e3;
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
+fn rpc_round(port: u16, clients: usize, secs: f64) -> RpcRound {
     let count = Arc::new(AtomicU64::new(0));
+    let cpu0 = process_cpu_ns();
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
     let threads: Vec<_> = (0..clients)
         .map(|_| {
@@ -387,7 +425,13 @@ fn rpc_rate(port: u16, clients: usize, secs: f64) -> f64 {
     for t in threads {
         t.join().unwrap();
     }
-    count.load(Ordering::Relaxed) as f64 / secs
+    let cpu = process_cpu_ns() - cpu0;
+    let n = count.load(Ordering::Relaxed) as f64;
+    RpcRound { rate: n / secs, cpu_ns_per_rt: cpu / n.max(1.0) }
+}
+
+fn rpc_rate(port: u16, clients: usize, secs: f64) -> f64 {
+    rpc_round(port, clients, secs).rate
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -504,16 +548,20 @@ fn throughput() {
     rpc_rate(port, clients, 1.0); // warm up
     let (mut off, mut on, mut floor) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
-        off.push(rpc_rate(port, clients, RPC_SECS));
+        off.push(rpc_round(port, clients, RPC_SECS));
         let c = Collector::start(CollectorConfig::default()).expect("start collector");
-        on.push(rpc_rate(port, clients, RPC_SECS));
+        on.push(rpc_round(port, clients, RPC_SECS));
         drop(c);
         let c =
             Collector::start(CollectorConfig { programs: ProgramSet::BaselineOnly, ..Default::default() })
                 .expect("start baseline programs");
-        floor.push(rpc_rate(port, clients, RPC_SECS));
+        floor.push(rpc_round(port, clients, RPC_SECS));
         drop(c);
     }
+    let rates = |v: &[RpcRound]| v.iter().map(|r| r.rate).collect::<Vec<_>>();
+    let cpus = |v: &[RpcRound]| v.iter().map(|r| r.cpu_ns_per_rt).collect::<Vec<_>>();
+    let (cpu_off, cpu_on, cpu_floor) = (cpus(&off), cpus(&on), cpus(&floor));
+    let (off, on, floor) = (rates(&off), rates(&on), rates(&floor));
     // A low-noise view of the same cost: the CPU time the programs themselves used during an
     // attached round, as a share of the machine (bpf_stats adds its own timing overhead, so
     // this errs high).
@@ -521,14 +569,28 @@ fn throughput() {
         let _stats = enable_bpf_stats().expect("enable BPF statistics");
         let c = Collector::start(CollectorConfig::default()).expect("start collector");
         std::thread::sleep(Duration::from_millis(1100));
-        let before: u128 = c.program_stats().iter().map(|p| p.run_time.as_nanos()).sum();
+        let before = c.program_stats();
         let t = Instant::now();
-        rpc_rate(port, clients, RPC_SECS);
+        let rts = rpc_rate(port, clients, RPC_SECS) * RPC_SECS;
         std::thread::sleep(Duration::from_millis(1100));
-        let after: u128 = c.program_stats().iter().map(|p| p.run_time.as_nanos()).sum();
+        let after = c.program_stats();
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-        (after - before) as f64 / (t.elapsed().as_nanos() as f64 * cores)
+        // Per program: runs and nanoseconds per round trip, busiest first.
+        let mut per_rt: Vec<(String, f64, f64)> = after
+            .iter()
+            .filter_map(|a| {
+                let b = before.iter().find(|b| b.name == a.name)?;
+                let runs = a.run_count.saturating_sub(b.run_count) as f64;
+                let ns = a.run_time.saturating_sub(b.run_time).as_nanos() as f64;
+                // Programs that run on most round trips, not the setup's connects.
+                (runs / rts >= 0.05).then(|| (a.name.clone(), runs / rts, ns / rts))
+            })
+            .collect();
+        per_rt.sort_by(|x, y| y.2.total_cmp(&x.2));
+        let total: f64 = per_rt.iter().map(|p| p.2).sum::<f64>() * rts;
+        (total / (t.elapsed().as_nanos() as f64 * cores), per_rt)
     };
+    let (share, per_rt) = share;
     let (off_m, on_m, floor_m) = (median(off.clone()), median(on.clone()), median(floor.clone()));
     println!(
         "2. Loopback 64-byte request/response, {clients} clients, {ROUNDS} interleaved rounds of {RPC_SECS} s (medians)"
@@ -542,10 +604,26 @@ fn throughput() {
         100.0 * (1.0 - on_m / off_m),
         100.0 * (1.0 - floor_m / off_m)
     );
+    let (c_off, c_on, c_floor) = (median(cpu_off.clone()), median(cpu_on.clone()), median(cpu_floor.clone()));
+    println!("   CPU time per round trip (this process, all threads; medians):");
     println!(
-        "   CPU time in bpfsight's programs during an attached round: {:.2} % of the machine\n",
+        "   detached {c_off:.0} ns ({}), attached {c_on:.0} ns ({}), trivial programs only {c_floor:.0} ns ({})",
+        fmt_list(&cpu_off),
+        fmt_list(&cpu_on),
+        fmt_list(&cpu_floor)
+    );
+    println!(
+        "   attached {:+.2} %, trivial-programs floor {:+.2} %",
+        100.0 * (c_on / c_off - 1.0),
+        100.0 * (c_floor / c_off - 1.0)
+    );
+    println!(
+        "   CPU time in bpfsight's programs during an attached round (bpf_stats on): {:.2} % of the machine",
         100.0 * share
     );
+    let busiest: Vec<String> =
+        per_rt.iter().take(4).map(|(n, runs, ns)| format!("{n} {runs:.1} runs {ns:.0} ns")).collect();
+    println!("   per round trip: {}\n", busiest.join(", "));
     stop.store(true, Ordering::Relaxed);
 }
 
