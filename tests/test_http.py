@@ -203,9 +203,17 @@ def test_metrics_endpoint_counts_calls_and_reports_collector_health(tmp_path):
             from mcp.shared.exceptions import MCPError
             with pytest.raises(MCPError):
                 await s.call_tool("get_service_errors", {"threshold_pct": -5})
+            # Names nobody serves share one label, however many a client invents.
+            for name in ("no_such_tool_1", "no_such_tool_2"):
+                with pytest.raises(MCPError):
+                    await s.call_tool(name, {})
+            await s.get_prompt("triage_host")
 
         session_run(server.url, READ_SECRET, body)
         text = httpx2.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        assert "no_such_tool" not in text
+        assert re.search(r'bpfsight_tool_calls_total\{tool="\(unknown\)",outcome="\w+"\} 2', text), text
+        assert 'bpfsight_tool_calls_total{tool="prompts/get",outcome="ok"} 1' in text, text
         assert 'bpfsight_tool_calls_total{tool="list_services",outcome="ok"} 5' in text, text
         assert 'bpfsight_tool_calls_total{tool="get_service_errors",outcome="invalid_params"} 1' in text
         assert 'bpfsight_tool_call_seconds_count{tool="list_services"} 5' in text

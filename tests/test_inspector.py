@@ -49,3 +49,14 @@ def test_inspector_over_streamable_http_with_a_token(tmp_path):
         assert out["isError"] is False and len(out["structuredContent"]["services"]) == 2
     finally:
         server.stop()
+
+
+def test_inspector_gets_prompts_and_reads_resources_over_stdio(tmp_path):
+    out = inspector(bpfsight_bin(), "serve", "--method", "prompts/list", tmp_path=tmp_path)
+    assert {p["name"] for p in out["prompts"]} == {"triage_host", "investigate_service", "write_postmortem"}
+    out = inspector(bpfsight_bin(), "serve", "--method", "prompts/get", "--prompt-name", "investigate_service",
+                    "--prompt-args", "service=nginx", tmp_path=tmp_path)
+    assert "`nginx`" in out["messages"][0]["content"]["text"]
+    out = inspector(bpfsight_bin(), "serve", "--method", "resources/read", "--uri", "bpfsight://health",
+                    tmp_path=tmp_path)
+    assert json.loads(out["contents"][0]["text"])["source"] == "ebpf"

@@ -11,8 +11,10 @@ use rmcp::handler::server::common::schema_for_type;
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::tool::ToolCallContext;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
-    ServerCapabilities, ServerConfig,
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, GetPromptRequestParams,
+    GetPromptResponse, Implementation, ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult,
+    PaginatedRequestParams, ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult,
+    ResourceContents, ServerCapabilities, ServerConfig,
 };
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData, RoleServer, ServerHandler, tool, tool_handler, tool_router};
@@ -29,7 +31,7 @@ use crate::audit::{AuditLog, AuditRecord, now_rfc3339};
 use crate::auth::{Principal, Role};
 use crate::redact::Redactor;
 use crate::result_cache::{self, ResultCache};
-use crate::{incidents, summary, symptoms};
+use crate::{incidents, prompts, resources, summary, symptoms};
 
 /// How a server instance treats callers: who they are by default, which tools exist, where
 /// calls are audited.
@@ -101,7 +103,9 @@ block IO, fsync and TCP handshake latency; CPU time, memory and IO per service. 
 get_service_errors (what is failing) or get_high_latency_services (what is slow), then \
 get_resource_usage or get_connection_stats for one service, and get_events for the discrete \
 events; list_services shows the names to use. Windows are like \"30s\", \"5m\" (default), \"1h\", \
-\"2d\" (up to 7 days). Counts are exact kernel counts, not samples.";
+\"2d\" (up to 7 days). Counts are exact kernel counts, not samples. Prompts triage_host, \
+investigate_service and write_postmortem lay out a whole investigation; resources bpfsight://health, \
+bpfsight://services and bpfsight://services/{service} are the same data as attachable JSON.";
 
 fn result<T: Serialize>(value: &T, text: String) -> Result<CallToolResult, ErrorData> {
     let json = serde_json::to_value(value)
@@ -604,10 +608,43 @@ impl BpfsightServer {
         })
     }
 
+    /// Counts and audits a request that is not a tool call (a prompt or a resource read) under
+    /// its method name, like a call: who asked, with what, and how it ended.
+    fn account_request(
+        &self,
+        started: Instant,
+        context: &RequestContext<RoleServer>,
+        method: &str,
+        arguments: &rmcp::model::JsonObject,
+        error: Option<&ErrorData>,
+    ) {
+        let (principal, session) = caller(context, &self.policy);
+        let arguments = self.audited_arguments(Some(arguments));
+        let outcome = match error {
+            None => "ok",
+            Some(e) if e.code == rmcp::model::ErrorCode::INVALID_PARAMS => "invalid_params",
+            Some(e) if e.code == rmcp::model::ErrorCode::RESOURCE_NOT_FOUND => "not_found",
+            Some(_) => "error",
+        };
+        self.account(Outcome {
+            started,
+            principal: &principal,
+            session: &session,
+            tool: method,
+            arguments: arguments.as_ref(),
+            outcome,
+            error: error.map(|e| e.message.as_ref()),
+            result_bytes: 0,
+        });
+    }
+
     /// Counts a finished call and writes its audit line.
     fn account(&self, o: Outcome<'_>) {
         let elapsed = o.started.elapsed().as_secs_f64();
-        self.policy.metrics.record_call(o.tool, o.outcome, elapsed);
+        // Metric labels only for names this server knows: a client naming a new tool in every
+        // call would otherwise grow the counters without bound. The audit line keeps the name.
+        let known = self.tool_router.has_route(o.tool) || o.tool.contains('/');
+        self.policy.metrics.record_call(if known { o.tool } else { "(unknown)" }, o.outcome, elapsed);
         if let Some(audit) = &self.policy.audit {
             audit.write(&AuditRecord {
                 time: now_rfc3339(),
@@ -716,9 +753,70 @@ impl ServerHandler for BpfsightServer {
         result
     }
 
+    async fn list_prompts(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListPromptsResult, ErrorData> {
+        Ok(ListPromptsResult::with_all_items(
+            prompts::all().iter().map(prompts::Template::describe).collect(),
+        ))
+    }
+
+    async fn get_prompt(
+        &self,
+        request: GetPromptRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResponse, ErrorData> {
+        let started = Instant::now();
+        let result = prompts::get(&request.name).and_then(|t| t.render(request.arguments.as_ref()));
+        let mut arguments = request.arguments.clone().unwrap_or_default();
+        arguments.insert("name".into(), request.name.clone().into());
+        self.account_request(started, &context, "prompts/get", &arguments, result.as_ref().err());
+        Ok(GetPromptResponse::Complete(result?))
+    }
+
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, ErrorData> {
+        Ok(ListResourcesResult::with_all_items(resources::list()))
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, ErrorData> {
+        Ok(ListResourceTemplatesResult::with_all_items(resources::templates()))
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        let started = Instant::now();
+        let text =
+            self.read().and_then(|store| resources::read(&store, &request.uri)).and_then(|mut value| {
+                // Nothing leaves the process unredacted, resources included.
+                self.policy.redactor.redact_value(&mut value);
+                serde_json::to_string_pretty(&value)
+                    .map_err(|e| ErrorData::internal_error(format!("serialising {}: {e}", request.uri), None))
+            });
+        let mut arguments = rmcp::model::JsonObject::new();
+        arguments.insert("uri".into(), request.uri.clone().into());
+        self.account_request(started, &context, "resources/read", &arguments, text.as_ref().err());
+        let contents = ResourceContents::text(text?, request.uri).with_mime_type("application/json");
+        Ok(ReadResourceResponse::Complete(ReadResourceResult::new(vec![contents])))
+    }
+
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
-            .with_server_info(Implementation::new("bpfsight", env!("CARGO_PKG_VERSION")))
-            .with_instructions(INSTRUCTIONS)
+        ServerConfig::new(
+            ServerCapabilities::builder().enable_tools().enable_prompts().enable_resources().build(),
+        )
+        .with_server_info(Implementation::new("bpfsight", env!("CARGO_PKG_VERSION")))
+        .with_instructions(INSTRUCTIONS)
     }
 }
