@@ -158,6 +158,8 @@ def test_oom_kill_in_a_memory_limited_cgroup_is_an_event_of_that_service():
         assert errors["services"][0]["oom_kills"] == 1
         mem = await call(s, "get_resource_usage", {"service": "oom-victim", "resource": "memory", "window": "1m"})
         assert mem["memory"]["oom_kills"] == 1 and mem["memory"]["page_allocs_per_s"] > 0, mem
+        assert mem["processes"]["exits"] == 1 and mem["processes"]["killed"] == 1, mem["processes"]
+        assert mem["processes"]["failed_exits"] == 0, mem["processes"]  # killed, counted apart
         # Have we seen this before? The live signature now carries the OOM kill.
         sim = await call(s, "similar_incidents", {"service": "oom-victim", "window": "1m", "top_k": 3})
         assert sim["query"]["signature_summary"]["measured"]["oom_kills"] >= 3, sim["query"]
@@ -184,6 +186,9 @@ def test_failed_exits_are_events_with_their_status_and_pages_have_cursors():
             seen += [e["seq"] for e in page["events"]]
             cursor = page["next_cursor"]
         assert len(seen) == first["total"] and seen == sorted(seen, reverse=True), (seen, first)
+        # The per-process counters agree with the events, one exit per process.
+        life = (await call(s, "get_resource_usage", {"service": "exit-three", "window": "1m"}))["processes"]
+        assert life["exits"] == life["failed_exits"] == first["total"] and life["killed"] == 0, (life, first)
 
     run_with_server(body)
 

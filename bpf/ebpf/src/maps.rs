@@ -134,7 +134,11 @@ pub struct ThreadSlot {
     /// The task's `sched_info.pcount` (times it got a CPU) at its last switch-out.
     pub last_pcount: u32,
     /// `exec`s by this thread (counted for the image it runs after the exec).
-    pub execs: u32,
+    pub execs: u16,
+    /// [`exit_flags`] when this thread ended its process, else 0. Filed by the flush at the
+    /// thread's last switch, which the exit is sure to be followed by, so that an exit costs
+    /// a store instead of a lookup of its process in [`PROC_STATS`].
+    pub exit: u16,
     /// The task's cumulative `sched_info.run_delay` at its last switch-out.
     pub last_run_delay: u64,
     /// `sched_info.last_arrival` (scheduler clock) at the last flush; 0 until the slot has
@@ -169,7 +173,18 @@ impl ThreadSlot {
             || self.invol_switches != 0
             || self.page_allocs != 0
             || self.execs != 0
+            || self.exit != 0
     }
+}
+
+/// Bits of [`ThreadSlot::exit`].
+pub mod exit_flags {
+    /// The process exited.
+    pub const EXITED: u16 = 1;
+    /// With a non-zero status.
+    pub const FAILED: u16 = 2;
+    /// Killed by a signal.
+    pub const KILLED: u16 = 4;
 }
 
 /// How long a thread's batch may go unflushed while the thread keeps switching.
@@ -221,7 +236,7 @@ pub fn current_thread_slot() -> Option<&'static mut ThreadSlot> {
 /// Moves a batch, plus `oncpu_ns` of CPU time, into its owner's [`ProcStats`] and empties it.
 #[inline(always)]
 pub fn flush_slot(t: &mut ThreadSlot, oncpu_ns: u64) {
-    // No closure here (unlike `bump_proc`): this body is large enough for LLVM to outline a
+    // No closure here (unlike `bump_in`): this body is large enough for LLVM to outline a
     // closure, and an outlined closure's mangled name carries a checkout-dependent crate hash
     // into the committed object.
     if t.tgid != 0
@@ -232,6 +247,11 @@ pub fn flush_slot(t: &mut ThreadSlot, oncpu_ns: u64) {
         s.invol_switches += t.invol_switches as u64;
         s.page_allocs += t.page_allocs as u64;
         s.execs += t.execs as u64;
+        if t.exit != 0 {
+            s.exits += 1;
+            s.failed_exits += (t.exit & exit_flags::FAILED != 0) as u64;
+            s.killed += (t.exit & exit_flags::KILLED != 0) as u64;
+        }
         s.runq.count += t.runq_count as u64;
         s.runq.sum_ns += t.runq_sum_ns;
         for i in 0..bpfsight_common::HIST_BUCKETS {
@@ -242,6 +262,7 @@ pub fn flush_slot(t: &mut ThreadSlot, oncpu_ns: u64) {
     t.invol_switches = 0;
     t.page_allocs = 0;
     t.execs = 0;
+    t.exit = 0;
     t.runq_count = 0;
     t.runq_sum_ns = 0;
     t.runq_buckets = [0; bpfsight_common::HIST_BUCKETS];
@@ -420,12 +441,6 @@ fn bump_in<K, V>(map: &PerCpuHashMap<K, V>, key: &K, zero: &V, full: Counter, f:
     if let Some(v) = get_or_insert(map, key, zero, full) {
         f(v);
     }
-}
-
-/// Updates a process's [`ProcStats`].
-#[inline(always)]
-pub fn bump_proc(owner: &Owner, f: impl FnOnce(&mut ProcStats)) {
-    bump_in(&PROC_STATS, owner, &ZERO_PROC_STATS, Counter::ProcStatsFull, f);
 }
 
 /// Updates the block IO counters of a process on a device.

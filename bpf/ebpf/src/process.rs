@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use bpfsight_common::{Counter, Owner, ProcEvent, ProcEventKind, exit_is_kill, layout};
 
-use crate::maps::{PROC_EVENTS, bump_proc, count, current_thread_slot};
+use crate::maps::{PROC_EVENTS, count, current_thread_slot, exit_flags};
 use crate::record::{at, btf_field, current_task, now_ns, task_owner};
 
 /// Byte offset of `exit_code` in `struct task_struct`, set by the loader.
@@ -40,7 +40,7 @@ pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
     // Batched in the thread's slot (see `ThreadSlot`): its next flush happens in process
     // context, under the name the thread has then, the new image's.
     if let Some(t) = current_thread_slot() {
-        t.execs += 1;
+        t.execs = t.execs.wrapping_add(1);
     }
     0
 }
@@ -55,17 +55,19 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     // The exiting task is current.
     let task = current_task();
     let code: u32 = btf_field(task, &TASK_EXIT_CODE_OFFSET);
-    let owner = task_owner(task);
-    bump_proc(&owner, |s| {
-        s.exits += 1;
-        if exit_is_kill(code) {
-            s.killed += 1;
-        } else if code != 0 {
-            s.failed_exits += 1;
-        }
-    });
+    // Counted in the thread's slot: its last switch, which follows, files it under the process.
+    if let Some(t) = current_thread_slot() {
+        t.exit = exit_flags::EXITED
+            | if exit_is_kill(code) {
+                exit_flags::KILLED
+            } else if code != 0 {
+                exit_flags::FAILED
+            } else {
+                0
+            };
+    }
     if code != 0 {
-        emit(ProcEventKind::FailedExit, owner, code, 0, 0);
+        emit(ProcEventKind::FailedExit, task_owner(task), code, 0, 0);
     }
     0
 }
