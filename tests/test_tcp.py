@@ -194,8 +194,9 @@ def test_list_services_shows_live_processes_and_filters():
         ("get_service_errors", {"threshold_pct": -1}, ["invalid threshold_pct", "from 0 to 100"]),
         ("get_service_errors", {"threshold_pct": 250}, ["invalid threshold_pct", "from 0 to 100"]),
         ("list_services", {"limit": -3}, ["invalid limit", "from 1 to 500"]),
-        ("get_connection_stats", {"limit": "ten"}, ["invalid arguments", "expected i64"]),
-        ("list_services", {"bogus": 1}, ["invalid arguments: unknown field `bogus`", "name_contains"]),
+        ("get_connection_stats", {"limit": "ten"}, ["invalid argument limit:", "expected i64"]),
+        ("get_events", {"cursor": "garbage"}, ["invalid argument cursor:", "expected u64"]),
+        ("list_services", {"bogus": 1}, ["invalid argument bogus: unknown field `bogus`", "name_contains"]),
     ],
 )
 def test_bad_arguments_are_invalid_params_that_say_what_is_accepted(tool, args, expect):

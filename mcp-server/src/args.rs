@@ -18,9 +18,14 @@ pub struct Args<T>(pub T);
 impl<S, T: DeserializeOwned> FromContextPart<ToolCallContext<'_, S>> for Args<T> {
     fn from_context_part(ctx: &mut ToolCallContext<'_, S>) -> Result<Self, ErrorData> {
         let object = ctx.arguments.take().unwrap_or_default();
-        serde_json::from_value(serde_json::Value::Object(object))
-            .map(Args)
-            .map_err(|e| ErrorData::invalid_params(format!("invalid arguments: {e}"), None))
+        // With the path of the field at fault: serde alone says "expected u64", not where.
+        serde_path_to_error::deserialize(serde_json::Value::Object(object)).map(Args).map_err(|e| {
+            let message = match e.path().to_string().as_str() {
+                "." => format!("invalid arguments: {}", e.inner()),
+                path => format!("invalid argument {path}: {}", e.inner()),
+            };
+            ErrorData::invalid_params(message, None)
+        })
     }
 }
 
