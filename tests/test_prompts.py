@@ -3,6 +3,7 @@ through the official Python SDK over stdio and streamable HTTP, against live ker
 import json
 
 import pytest
+from mcp import types
 from mcp.shared.exceptions import MCPError
 
 from conftest import Workload, run_with_server, settle
@@ -78,6 +79,35 @@ def test_resources_are_live_and_redacted_over_stdio():
                 with pytest.raises(MCPError) as e:
                     await s.read_resource(uri)
                 assert e.value.error.code == code and expected in e.value.error.message, (uri, e.value.error)
+
+        run_with_server(body)
+    finally:
+        srv.kill()
+
+
+def test_arguments_complete_from_live_service_names():
+    srv = Workload("echo-server", "complete-me-srv", 47141, wait_ready=True, seconds=30)
+    try:
+        async def body(s):
+            await settle()
+            prompt = types.PromptReference(type="ref/prompt", name="investigate_service")
+            done = (await s.complete(prompt, {"name": "service", "value": "complete-me"})).completion
+            assert done.values == ["complete-me-srv"] and done.total == 1 and not done.has_more, done
+            # Inside the name too, after the names that start with it.
+            done = (await s.complete(prompt, {"name": "service", "value": "me-sr"})).completion
+            assert "complete-me-srv" in done.values, done
+            done = (await s.complete(prompt, {"name": "window", "value": "1"})).completion
+            assert done.values == ["1m", "15m", "1h", "1d"], done
+            template = types.ResourceTemplateReference(type="ref/resource", uri="bpfsight://services/{service}")
+            done = (await s.complete(template, {"name": "service", "value": "complete-me"})).completion
+            assert done.values == ["complete-me-srv"], done
+            # Many services, few values: the total and has_more say so.
+            done = (await s.complete(template, {"name": "service", "value": ""})).completion
+            assert len(done.values) <= 100 and done.total >= len(done.values), done
+            assert done.has_more == (done.total > len(done.values)), done
+            with pytest.raises(MCPError) as e:
+                await s.complete(types.PromptReference(type="ref/prompt", name="nope"), {"name": "x", "value": ""})
+            assert e.value.error.code == -32602 and "triage_host" in e.value.error.message
 
         run_with_server(body)
     finally:

@@ -562,6 +562,31 @@ impl Store {
         })
     }
 
+    /// Service names for completing what a user has typed: those starting with `typed`
+    /// (case-insensitive) first, then those containing it, each group sorted; at most `max`,
+    /// with how many matched in all.
+    pub fn complete_service(&self, typed: &str, max: usize) -> (Vec<String>, usize) {
+        let needle = typed.to_lowercase();
+        let mut names: Vec<(bool, &str)> = self
+            .services
+            .keys()
+            .chain(self.processes.keys())
+            .map(|id| id.as_str())
+            .filter_map(|name| {
+                let lower = name.to_lowercase();
+                if lower.starts_with(&needle) {
+                    Some((false, name))
+                } else {
+                    lower.contains(&needle).then_some((true, name))
+                }
+            })
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        let total = names.len();
+        (names.into_iter().take(max).map(|(_, n)| n.to_string()).collect(), total)
+    }
+
     /// Services known from live processes and from recorded activity.
     pub fn list_services(&self, q: &ServiceListQuery) -> ServiceList {
         let limit = q.limit.unwrap_or(50);
@@ -672,6 +697,20 @@ mod tests {
         s.processes.insert(ServiceId::new("idle"), vec![42]);
         s.tick(999);
         s
+    }
+
+    #[test]
+    fn service_completion_puts_prefix_matches_first_and_counts_all() {
+        let mut s = store();
+        s.processes.insert(ServiceId::new("Clean-up"), vec![43]);
+        let (names, total) = s.complete_service("cl", 10);
+        assert_eq!(names, ["Clean-up", "clean"]);
+        assert_eq!(total, 2);
+        let (names, total) = s.complete_service("l", 10);
+        assert_eq!(names, ["lossy", "Clean-up", "clean", "idle"]); // prefix first, then inside
+        assert_eq!(total, 4);
+        let (names, total) = s.complete_service("", 2);
+        assert_eq!((names.len(), total), (2, 4));
     }
 
     #[test]

@@ -27,7 +27,7 @@ const MAX_SERVICE: usize = 256;
 /// What an argument holds, which decides how it is checked.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
-enum ArgKind {
+pub enum ArgKind {
     /// A look-back window, checked like the tools' `window`.
     Window,
     /// A service name.
@@ -125,6 +125,11 @@ impl Template {
     /// The template's name, as clients ask for it.
     pub fn name(&self) -> &str {
         &self.header.name
+    }
+
+    /// What the argument `name` holds, if the template has it (for completion).
+    pub fn argument_kind(&self, name: &str) -> Option<ArgKind> {
+        self.header.arguments.iter().find(|a| a.name == name).map(|a| a.kind)
     }
 
     /// How `prompts/list` describes the template.

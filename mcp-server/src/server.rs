@@ -11,10 +11,11 @@ use rmcp::handler::server::common::schema_for_type;
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::tool::ToolCallContext;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, GetPromptRequestParams,
-    GetPromptResponse, Implementation, ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult,
-    PaginatedRequestParams, ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult,
-    ResourceContents, ServerCapabilities, ServerConfig,
+    CallToolRequestParams, CallToolResponse, CallToolResult, CompleteRequestParams, CompleteResult,
+    CompletionInfo, ContentBlock, GetPromptRequestParams, GetPromptResponse, Implementation,
+    ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult, PaginatedRequestParams,
+    ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Reference, ResourceContents,
+    ServerCapabilities, ServerConfig,
 };
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData, RoleServer, ServerHandler, tool, tool_handler, tool_router};
@@ -106,6 +107,9 @@ events; list_services shows the names to use. Windows are like \"30s\", \"5m\" (
 \"2d\" (up to 7 days). Counts are exact kernel counts, not samples. Prompts triage_host, \
 investigate_service and write_postmortem lay out a whole investigation; resources bpfsight://health, \
 bpfsight://services and bpfsight://services/{service} are the same data as attachable JSON.";
+
+/// Windows offered when a client asks to complete a `window` argument.
+const WINDOW_SUGGESTIONS: &[&str] = &["30s", "1m", "5m", "15m", "30m", "1h", "6h", "1d", "7d"];
 
 fn result<T: Serialize>(value: &T, text: String) -> Result<CallToolResult, ErrorData> {
     let json = serde_json::to_value(value)
@@ -776,6 +780,46 @@ impl ServerHandler for BpfsightServer {
         Ok(GetPromptResponse::Complete(result?))
     }
 
+    async fn complete(
+        &self,
+        request: CompleteRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<CompleteResult, ErrorData> {
+        let kind = match &request.r#ref {
+            Reference::Prompt(p) => prompts::get(&p.name)?.argument_kind(&request.argument.name),
+            Reference::Resource(r) if r.uri == resources::SERVICE && request.argument.name == "service" => {
+                Some(prompts::ArgKind::Service)
+            }
+            Reference::Resource(r) if r.uri != resources::SERVICE => {
+                return Err(ErrorData::invalid_params(
+                    format!("no resource template {:?}; the template is {}", r.uri, resources::SERVICE),
+                    None,
+                ));
+            }
+            _ => None,
+        };
+        let typed = request.argument.value.as_str();
+        let (values, total) = match kind {
+            Some(prompts::ArgKind::Service) => {
+                self.read()?.complete_service(typed, CompletionInfo::MAX_VALUES)
+            }
+            Some(prompts::ArgKind::Window) => {
+                let v: Vec<String> = WINDOW_SUGGESTIONS
+                    .iter()
+                    .filter(|w| w.starts_with(typed))
+                    .map(|w| w.to_string())
+                    .collect();
+                let n = v.len();
+                (v, n)
+            }
+            _ => (Vec::new(), 0),
+        };
+        let has_more = total > values.len();
+        let info = CompletionInfo::with_pagination(values, Some(total as u32), has_more)
+            .map_err(|e| ErrorData::internal_error(e, None))?;
+        Ok(CompleteResult::new(info))
+    }
+
     async fn list_resources(
         &self,
         _request: Option<PaginatedRequestParams>,
@@ -814,7 +858,12 @@ impl ServerHandler for BpfsightServer {
 
     fn get_info(&self) -> ServerConfig {
         ServerConfig::new(
-            ServerCapabilities::builder().enable_tools().enable_prompts().enable_resources().build(),
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_prompts()
+                .enable_resources()
+                .enable_completions()
+                .build(),
         )
         .with_server_info(Implementation::new("bpfsight", env!("CARGO_PKG_VERSION")))
         .with_instructions(INSTRUCTIONS)
