@@ -403,6 +403,16 @@ fn round3(x: f64) -> f64 {
 }
 
 impl Store {
+    /// Every service with history or a live process (a name may come twice).
+    fn service_ids(&self) -> impl Iterator<Item = &ServiceId> {
+        self.services.keys().chain(self.processes.keys())
+    }
+
+    /// [`Self::service_ids`] as names.
+    fn service_names(&self) -> impl Iterator<Item = &str> {
+        self.service_ids().map(ServiceId::as_str)
+    }
+
     pub(crate) fn known_service(&self, name: &str) -> Result<ServiceId, QueryError> {
         let id = ServiceId::new(name);
         if self.services.contains_key(&id) || self.processes.contains_key(&id) {
@@ -410,10 +420,7 @@ impl Store {
         }
         let lower = name.to_lowercase();
         let mut similar: Vec<&str> = self
-            .services
-            .keys()
-            .chain(self.processes.keys())
-            .map(|s| s.as_str())
+            .service_names()
             .filter(|s| {
                 let s = s.to_lowercase();
                 !lower.is_empty() && (s.contains(&lower) || lower.contains(&s))
@@ -568,10 +575,7 @@ impl Store {
     pub fn complete_service(&self, typed: &str, max: usize) -> (Vec<String>, usize) {
         let needle = typed.to_lowercase();
         let mut names: Vec<(bool, &str)> = self
-            .services
-            .keys()
-            .chain(self.processes.keys())
-            .map(|id| id.as_str())
+            .service_names()
             .filter_map(|name| {
                 let lower = name.to_lowercase();
                 if lower.starts_with(&needle) {
@@ -592,7 +596,7 @@ impl Store {
         let limit = q.limit.unwrap_or(50);
         let needle = q.name_contains.as_ref().map(|s| s.to_lowercase());
         let mut names: BTreeMap<&ServiceId, ()> = BTreeMap::new();
-        for k in self.services.keys().chain(self.processes.keys()) {
+        for k in self.service_ids() {
             names.insert(k, ());
         }
         let mut rows: Vec<ServiceSummary> = names
