@@ -19,6 +19,9 @@ const SOURCES: &[(&str, &str)] = &[
     ("write_postmortem.md", include_str!("../../prompts/write_postmortem.md")),
 ];
 
+/// Windows offered when a client asks to complete a `window` argument.
+pub const WINDOW_SUGGESTIONS: &[&str] = &["30s", "1m", "5m", "15m", "30m", "1h", "6h", "1d", "7d"];
+
 /// Longest free-text argument accepted, in bytes.
 const MAX_TEXT: usize = 2000;
 /// Longest service name accepted, in bytes.
@@ -298,6 +301,13 @@ mod tests {
         assert!(e.message.contains("is empty"), "{}", e.message);
         let e = get("nope").unwrap_err();
         assert!(e.message.contains("triage_host"), "{}", e.message);
+    }
+
+    #[test]
+    fn every_suggested_window_is_accepted() {
+        for w in WINDOW_SUGGESTIONS {
+            crate::args::window(Some(w)).unwrap_or_else(|e| panic!("{w}: {}", e.message));
+        }
     }
 
     #[test]

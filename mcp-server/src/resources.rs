@@ -64,7 +64,7 @@ pub fn read(store: &Store, uri: &str) -> Result<Value, ErrorData> {
     if uri == SERVICES {
         return json(serde_json::to_value(store.list_services(&ServiceListQuery::default())));
     }
-    if let Some(encoded) = uri.strip_prefix("bpfsight://services/") {
+    if let Some(encoded) = SERVICE.strip_suffix("{service}").and_then(|prefix| uri.strip_prefix(prefix)) {
         let service = percent_decode(encoded).ok_or_else(|| {
             ErrorData::invalid_params(
                 format!("{uri:?}: the service name is not valid percent-encoded UTF-8"),
@@ -92,8 +92,9 @@ fn percent_decode(s: &str) -> Option<String> {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' {
-            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
+            // Two hex digits exactly (`from_str_radix` alone would take "+1").
+            let hex = b.get(i + 1..i + 3).filter(|h| h.iter().all(u8::is_ascii_hexdigit))?;
+            out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
             i += 3;
         } else {
             out.push(b[i]);
@@ -115,5 +116,6 @@ mod tests {
         assert_eq!(percent_decode("bad%2"), None);
         assert_eq!(percent_decode("bad%zz"), None);
         assert_eq!(percent_decode("%ff"), None);
+        assert_eq!(percent_decode("a%+1"), None);
     }
 }

@@ -108,9 +108,6 @@ events; list_services shows the names to use. Windows are like \"30s\", \"5m\" (
 investigate_service and write_postmortem lay out a whole investigation; resources bpfsight://health, \
 bpfsight://services and bpfsight://services/{service} are the same data as attachable JSON.";
 
-/// Windows offered when a client asks to complete a `window` argument.
-const WINDOW_SUGGESTIONS: &[&str] = &["30s", "1m", "5m", "15m", "30m", "1h", "6h", "1d", "7d"];
-
 fn result<T: Serialize>(value: &T, text: String) -> Result<CallToolResult, ErrorData> {
     let json = serde_json::to_value(value)
         .map_err(|e| ErrorData::internal_error(format!("serialising result: {e}"), None))?;
@@ -804,7 +801,7 @@ impl ServerHandler for BpfsightServer {
                 self.read()?.complete_service(typed, CompletionInfo::MAX_VALUES)
             }
             Some(prompts::ArgKind::Window) => {
-                let v: Vec<String> = WINDOW_SUGGESTIONS
+                let v: Vec<String> = prompts::WINDOW_SUGGESTIONS
                     .iter()
                     .filter(|w| w.starts_with(typed))
                     .map(|w| w.to_string())
