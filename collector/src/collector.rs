@@ -80,7 +80,6 @@ impl Collector {
         }
         kernel::check_privileges()?;
         let tracefs = kernel::ensure_mounts()?;
-        kernel::check_layouts(&tracefs)?;
         kernel::raise_memlock();
         let mut programs = Programs::load(config.programs, &tracefs)?;
         // After attaching, so a listener opened meanwhile is seen by one side or the other.
@@ -93,6 +92,7 @@ impl Collector {
         let mut store = Store::new(now);
         store.health_mut().source = "ebpf";
         store.health_mut().started_at = now;
+        store.health_mut().unavailable = programs.unavailable().to_vec();
         let mut journal = match &config.record {
             Some(path) => Some(JournalWriter::create(path, "ebpf", now)?),
             None => None,

@@ -112,6 +112,10 @@ pub struct LatencyReport {
     pub truncated: bool,
     /// Where the data came from.
     pub source: &'static str,
+    /// Signals this kernel cannot give, so reported as zero here (the `bpfsight://health`
+    /// resource says why); omitted when there are none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unavailable: Vec<String>,
 }
 
 /// How percentiles are derived (also the tool description's wording).
@@ -316,6 +320,10 @@ pub struct ResourceUsage {
     pub processes: ProcessLife,
     /// Where the data came from.
     pub source: &'static str,
+    /// Signals this kernel cannot give, so reported as zero here (the `bpfsight://health`
+    /// resource says why); omitted when there are none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unavailable: Vec<String>,
 }
 
 /// Arguments of [`Store::events`].
@@ -348,6 +356,10 @@ pub struct EventPage {
     pub window_s: u64,
     /// Where the data came from.
     pub source: &'static str,
+    /// Signals this kernel cannot give, so reported as zero here (the `bpfsight://health`
+    /// resource says why); omitted when there are none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unavailable: Vec<String>,
 }
 
 impl Store {
@@ -410,6 +422,7 @@ impl Store {
             services: rows,
             total,
             source: self.health.source,
+            unavailable: self.health.unavailable_signals(),
         })
     }
 
@@ -495,6 +508,7 @@ impl Store {
                 killed: h.killed,
             },
             source: self.health.source,
+            unavailable: self.health.unavailable_signals(),
         })
     }
 
@@ -542,6 +556,7 @@ impl Store {
             evicted: self.health.events_evicted,
             window_s: q.window.secs(),
             source: self.health.source,
+            unavailable: self.health.unavailable_signals(),
         })
     }
 }

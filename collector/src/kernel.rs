@@ -85,46 +85,42 @@ pub fn raise_memlock() {
     }
 }
 
+/// Why the running kernel may not have `hook`: the hook as named in messages, and the reason.
+pub fn missing_hook_reason(hook: Hook) -> (String, &'static str) {
+    let why = match hook {
+        Hook::Tracepoint("syscalls", _) => {
+            "this kernel was built without syscall tracepoints (CONFIG_FTRACE_SYSCALLS)"
+        }
+        Hook::Tracepoint(..) => "this kernel does not have it (bpfsight's full set needs Linux 6.3 or later)",
+        Hook::BtfTracepoint(_) => {
+            "this kernel's BTF does not list it (bpfsight's full set needs Linux 6.3 or later)"
+        }
+    };
+    (crate::plan::hook_name(hook), why)
+}
+
 /// The error for a hook the running kernel does not have, saying why that may be and what to
 /// do (the `Unsupported` kind, so `--source auto` falls back to /proc).
 pub fn missing_hook(hook: Hook) -> CollectorError {
-    let (what, why) = match hook {
-        Hook::Tracepoint("syscalls", event) => (
-            format!("tracepoint syscalls:{event}"),
-            "this kernel was built without syscall tracepoints (CONFIG_FTRACE_SYSCALLS)",
-        ),
-        Hook::Tracepoint(cat, event) => (
-            format!("tracepoint {cat}:{event}"),
-            "this kernel does not have it (bpfsight needs Linux 6.3 or later)",
-        ),
-        Hook::BtfTracepoint(event) => (
-            format!("BTF tracepoint {event}"),
-            "this kernel's BTF does not list it (bpfsight needs Linux 6.3 or later)",
-        ),
-    };
+    let (what, why) = missing_hook_reason(hook);
     CollectorError::Unsupported {
         what,
         hint: format!("{why}; `--source procfs`, or the default `--source auto`, answers from /proc instead"),
     }
 }
 
-/// Checks every field the programs read against the running kernel's format files.
-pub fn check_layouts(tracefs: &Path) -> Result<(), CollectorError> {
-    let mut current: Option<(&str, &str, String)> = None;
-    for &(cat, name, field, offset, size) in layout::FIELDS {
-        if current.as_ref().is_none_or(|(c, n, _)| *c != cat || *n != name) {
-            let path = tracefs.join("events").join(cat).join(name).join("format");
-            let text = std::fs::read_to_string(&path).map_err(|e| {
-                if e.kind() == std::io::ErrorKind::NotFound {
-                    missing_hook(Hook::Tracepoint(cat, name))
-                } else {
-                    CollectorError::Io { path: path.clone(), source: e }
-                }
-            })?;
-            current = Some((cat, name, text));
-        }
-        let text = &current.as_ref().expect("set above").2;
-        match find_field(text, field) {
+/// Checks every field the programs read from tracepoint `cat:name`'s record against the
+/// running kernel's format file.
+pub fn check_layout(tracefs: &Path, cat: &str, name: &str) -> Result<(), CollectorError> {
+    let mut fields = layout::FIELDS.iter().filter(|f| f.0 == cat && f.1 == name).peekable();
+    if fields.peek().is_none() {
+        return Ok(());
+    }
+    let path = tracefs.join("events").join(cat).join(name).join("format");
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| CollectorError::Io { path: path.clone(), source: e })?;
+    for &(_, _, field, offset, size) in fields {
+        match find_field(&text, field) {
             Some((o, s)) if o == offset && s == size => {}
             found => {
                 return Err(CollectorError::LayoutMismatch {
@@ -176,5 +172,32 @@ mod tests {
         assert_eq!(find_field(f, "skaddr"), Some((8, 8)));
         assert_eq!(find_field(f, "saddr_v6"), Some((40, 16)));
         assert_eq!(find_field(f, "daddr"), None);
+    }
+
+    /// A record laid out differently is a `LayoutMismatch` naming the field; one with every
+    /// field where the program reads it passes. Real format files, in a made-up tracefs.
+    #[test]
+    fn a_moved_record_field_is_named() {
+        let root = std::env::temp_dir().join(format!("bpfsight-layout-{}", std::process::id()));
+        let dir = root.join("events/tcp/tcp_send_reset");
+        std::fs::create_dir_all(&dir).unwrap();
+        let fields: Vec<_> = layout::FIELDS.iter().filter(|f| f.1 == "tcp_send_reset").collect();
+        let write = |shift: usize| {
+            let mut text = String::from("name: tcp_send_reset\nformat:\n");
+            for (i, f) in fields.iter().enumerate() {
+                let off = if i == 0 { f.3 + shift } else { f.3 };
+                text += &format!("\tfield:__u8 {}[{}];\toffset:{off};\tsize:{};\tsigned:0;\n", f.2, f.4, f.4);
+            }
+            std::fs::write(dir.join("format"), text).unwrap();
+        };
+        write(0);
+        check_layout(&root, "tcp", "tcp_send_reset").expect("matching layout");
+        write(8);
+        let e = check_layout(&root, "tcp", "tcp_send_reset").unwrap_err();
+        assert!(matches!(e, CollectorError::LayoutMismatch { .. }), "{e:?}");
+        assert!(e.to_string().contains(fields[0].2), "{e}");
+        // Tracepoints whose records no program reads need no format file.
+        check_layout(&root, "sched", "sched_switch").expect("nothing to check");
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -25,6 +25,7 @@ pub mod journal;
 pub mod kernel;
 pub mod loader;
 pub mod names;
+pub mod plan;
 pub mod preexisting;
 pub mod procfs;
 pub mod procs;

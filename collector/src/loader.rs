@@ -18,6 +18,7 @@ use bpfsight_common::{
 
 use crate::btf::Btf;
 use crate::error::CollectorError;
+use crate::plan::{self, UnavailableSignal};
 use crate::tcp::TcpCounters;
 
 /// The compiled eBPF object (all programs, including the benchmark's baselines).
@@ -86,6 +87,7 @@ pub struct Programs {
     events: RingBuf<MapData>,
     counters: PerCpuArray<MapData, u64>,
     host: HostMaps,
+    unavailable: Vec<UnavailableSignal>,
 }
 
 /// The maps of the whole-host programs.
@@ -244,9 +246,11 @@ fn thread_slots() -> u32 {
 impl Programs {
     /// Loads the object and attaches the programs of `set`.
     ///
-    /// Every hook is checked first (`tracefs`: the tracing root, for classic tracepoints), so
-    /// a kernel that lacks one is reported as [`CollectorError::Unsupported`], naming it, and
-    /// `--source auto` falls back to /proc, instead of failing half-attached.
+    /// Every hook is checked first (`tracefs`: the tracing root, for classic tracepoints),
+    /// and so is every record field a program reads. A program whose hook is missing or whose
+    /// record differs is left out, with the programs that need it (see [`crate::plan`]), and
+    /// [`Programs::unavailable`] says what is lost. Only when nothing is left is the kernel
+    /// reported as [`CollectorError::Unsupported`], so `--source auto` falls back to /proc.
     pub fn load(set: ProgramSet, tracefs: &Path) -> Result<Self, CollectorError> {
         let wanted: Vec<programs::Program> = match set {
             ProgramSet::All => [programs::TCP, programs::HOST].concat(),
@@ -261,15 +265,39 @@ impl Programs {
             ProgramSet::BaselineOnly => [programs::BASELINE, programs::HOST_BASELINE].concat(),
         };
         // Resolved first, so the parsed BTF is freed before aya parses its own copy.
-        let layout = {
+        let (layout, plan) = {
             let btf = Btf::from_sys_fs().map_err(|e| CollectorError::Unsupported {
                 what: "kernel BTF (/sys/kernel/btf/vmlinux)".into(),
                 hint: format!("{e}; bpfsight needs a kernel built with CONFIG_DEBUG_INFO_BTF=y"),
             })?;
-            for p in &wanted {
-                check_hook(p.hook, tracefs, &btf)?;
+            let mut first_error = None;
+            let plan = plan::plan(&wanted, &plan::hidden_hooks(), |hook| {
+                let checked = check_hook(hook, tracefs, &btf).and_then(|()| match hook {
+                    Hook::Tracepoint(cat, event) => crate::kernel::check_layout(tracefs, cat, event),
+                    Hook::BtfTracepoint(_) => Ok(()),
+                });
+                checked.map_err(|e| {
+                    let reason = match &e {
+                        CollectorError::Unsupported { .. } => {
+                            let (what, why) = crate::kernel::missing_hook_reason(hook);
+                            format!("{what}: {why}")
+                        }
+                        other => other.to_string(),
+                    };
+                    first_error.get_or_insert(e);
+                    reason
+                })
+            });
+            if plan.attach.is_empty() {
+                return Err(first_error.unwrap_or_else(|| CollectorError::Unsupported {
+                    what: "every hook".into(),
+                    hint: format!("all are hidden by {}", plan::HIDE_HOOKS_ENV),
+                }));
             }
-            KernelLayout::from_btf(&btf)?
+            for u in &plan.unavailable {
+                tracing::warn!(signal = %u.signal, program = %u.program, reason = %u.reason, "not collected on this kernel");
+            }
+            (KernelLayout::from_btf(&btf)?, plan)
         };
         let aya_btf = aya::Btf::from_sys_fs().map_err(|e| CollectorError::load("kernel BTF", e))?;
         let thread_slots = thread_slots();
@@ -299,7 +327,7 @@ impl Programs {
         };
         // A program may be listed once per hook it attaches to (the timed syscalls' entries).
         let mut loaded = std::collections::HashSet::new();
-        for p in wanted {
+        for p in &plan.attach {
             let name = p.name;
             let prog = ebpf.program_mut(name).ok_or_else(|| stale(format!("program {name}")))?;
             match p.hook {
@@ -360,7 +388,13 @@ impl Programs {
             connect_lat: PerCpuHashMap::try_from(connect_lat.1).map_err(|e| wrap(connect_lat.0, e))?,
             events: RingBuf::try_from(proc_events.1).map_err(|e| wrap(proc_events.0, e))?,
         };
-        Ok(Programs { ebpf, conn_stats, send_stats, socks, listeners, events, counters, host })
+        let unavailable = plan.unavailable;
+        Ok(Programs { ebpf, conn_stats, send_stats, socks, listeners, events, counters, host, unavailable })
+    }
+
+    /// What this kernel cannot give: the programs left out at load, and why.
+    pub fn unavailable(&self) -> &[UnavailableSignal] {
+        &self.unavailable
     }
 
     /// Cumulative whole-host counters, summed over CPUs.

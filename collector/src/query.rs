@@ -181,6 +181,10 @@ pub struct ConnectionReport {
     pub truncated: bool,
     /// Where the data came from.
     pub source: &'static str,
+    /// Signals this kernel cannot give, so reported as zero here (the `bpfsight://health`
+    /// resource says why); omitted when there are none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unavailable: Vec<String>,
 }
 
 /// Arguments of [`Store::connection_stats`].
@@ -323,6 +327,10 @@ pub struct ErrorReport {
     pub truncated: bool,
     /// Where the data came from.
     pub source: &'static str,
+    /// Signals this kernel cannot give, so reported as zero here (the `bpfsight://health`
+    /// resource says why); omitted when there are none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unavailable: Vec<String>,
 }
 
 /// One service in [`ServiceList`].
@@ -475,6 +483,7 @@ impl Store {
             services: rows,
             total,
             source: self.health.source,
+            unavailable: self.health.unavailable_signals(),
         })
     }
 
@@ -566,6 +575,7 @@ impl Store {
             services: rows,
             total,
             source: self.health.source,
+            unavailable: self.health.unavailable_signals(),
         })
     }
 

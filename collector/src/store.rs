@@ -644,6 +644,23 @@ pub struct Health {
     /// [`MAX_HISTORY_SLOTS`] (their seconds are still counted at the next coarser resolution).
     #[serde(default)]
     pub slots_trimmed: u64,
+    /// Signals this kernel cannot give (a hook missing or a record laid out differently), and
+    /// why. Empty on a kernel with every hook.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unavailable: Vec<crate::plan::UnavailableSignal>,
+}
+
+impl Health {
+    /// The signals this kernel cannot give, each once, for answers to list.
+    pub fn unavailable_signals(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for u in &self.unavailable {
+            if !out.contains(&u.signal) {
+                out.push(u.signal.clone());
+            }
+        }
+        out
+    }
 }
 
 /// The collector's memory: per-service series, events, the live process table, health.

@@ -254,7 +254,7 @@ opened (active = we connected, passive = we accepted), closed, still established
         let limit = args::limit(a.limit, 20)?;
         let q = ConnectionQuery { service: a.service, window, limit: Some(limit) };
         let report = self.read()?.connection_stats(&q).map_err(args::invalid)?;
-        result(&report, summary::connections(&report))
+        result(&report, summary::noting_unavailable(summary::connections(&report), &report.unavailable))
     }
 
     #[tool(
@@ -285,7 +285,7 @@ answering connects to closed ports.",
         };
         let report = self.read()?.service_errors(&q).map_err(args::invalid)?;
         debug_assert_eq!(report.definition, ERROR_RATE_DEFINITION);
-        result(&report, summary::errors(&report))
+        result(&report, summary::noting_unavailable(summary::errors(&report), &report.unavailable))
     }
 
     #[tool(
@@ -316,7 +316,7 @@ mean_ms, max_ms, samples}], total, truncated, method, source}.",
             limit: args::limit(a.limit, 20)?,
         };
         let report = self.read()?.high_latency(&q).map_err(args::invalid)?;
-        result(&report, summary::latency(&report))
+        result(&report, summary::noting_unavailable(summary::latency(&report), &report.unavailable))
     }
 
     #[tool(
@@ -341,7 +341,7 @@ Also process starts and exits. resource: cpu, memory, io, network or all (defaul
             ResourceArg::All => Resource::All,
         };
         let report = self.read()?.resource_usage(&a.service, resource, window).map_err(args::invalid)?;
-        result(&report, summary::resources(&report))
+        result(&report, summary::noting_unavailable(summary::resources(&report), &report.unavailable))
     }
 
     #[tool(
@@ -372,7 +372,7 @@ returned next_cursor. Returns {events: [{seq, time_ms, kind, service, pid, ...}]
             cursor: a.cursor,
         };
         let page = self.read()?.events(&q).map_err(args::invalid)?;
-        result(&page, summary::events(&page))
+        result(&page, summary::noting_unavailable(summary::events(&page), &page.unavailable))
     }
 
     #[tool(

@@ -3,6 +3,15 @@
 use bpfsight_collector::host_query::{EventPage, LatencyReport, ResourceUsage};
 use bpfsight_collector::query::{ConnectionReport, ErrorReport, ServiceList};
 
+/// `text`, then the signals this kernel cannot give, so a reader of the text alone does not
+/// take their zeros for data.
+pub(crate) fn noting_unavailable(mut text: String, unavailable: &[String]) -> String {
+    if !unavailable.is_empty() {
+        text += &format!(" (Not collected on this kernel: {}.)", unavailable.join("; "));
+    }
+    text
+}
+
 pub(crate) fn services(l: &ServiceList) -> String {
     let mut s = format!("{} services", l.total);
     if l.truncated {

@@ -1,0 +1,67 @@
+"""A kernel without some of bpfsight's hooks (Linux 6.1 has no sock_send_length, for one): the
+programs that can run still do, on the real kernel, and every answer says what it cannot see.
+The hooks are hidden with BPFSIGHT_HIDE_HOOKS, so the same loader path runs as on such a kernel."""
+import json
+
+import anyio
+
+from conftest import Workload, call, run_with_server, settle
+
+HIDDEN = "sock_send_length,tcp:tcp_send_reset,sched_switch"
+
+
+def test_missing_hooks_leave_out_only_their_signals(monkeypatch):
+    monkeypatch.setenv("BPFSIGHT_HIDE_HOOKS", HIDDEN)
+    port, closed_port = 47151, 47152
+
+    async def body(s):
+        health = json.loads((await s.read_resource("bpfsight://health")).contents[0].text)
+        assert health["source"] == "ebpf", health
+        gone = {u["program"]: u for u in health["unavailable"]}
+        assert set(gone) == {
+            "sock_send_length", "tcp_send_reset", "sched_switch",
+            # Their per-thread batches are filed by the scheduler hook.
+            "sched_process_exec", "sched_process_exit", "mm_page_alloc",
+        }, gone
+        assert "hidden by BPFSIGHT_HIDE_HOOKS" in gone["sock_send_length"]["reason"]
+        assert gone["sched_process_exit"]["reason"] == "needs sched_switch, which is not attached"
+        assert gone["sock_send_length"]["signal"] == "TCP sends and bytes sent"
+
+        srv = Workload("echo-server", "part-srv", port, wait_ready=True, seconds=20)
+        try:
+            cli = Workload("echo-client", "part-cli", port, seconds=2)
+            await anyio.to_thread.run_sync(cli.wait)
+            ref = Workload("refused", "part-refuse", closed_port, count=6)
+            await anyio.to_thread.run_sync(ref.wait)
+        finally:
+            srv.kill()
+        await settle()
+
+        # Connection states still come from the kernel...
+        stats = await call(s, "get_connection_stats", {"window": "1m"})
+        rows = {r["service"]: r for r in stats["services"]}
+        assert rows["part-refuse"]["failed_connects"] == 6, rows.get("part-refuse")
+        assert rows["part-cli"]["opened"] == 1 and rows["part-cli"]["closed"] == 1, rows.get("part-cli")
+        # ...the hidden ones do not, and the answer says so rather than passing zeros off as data.
+        assert rows["part-cli"]["sends"] == 0
+        assert "TCP sends and bytes sent" in stats["unavailable"], stats["unavailable"]
+        assert "TCP resets sent" in stats["unavailable"]
+        res = await s.call_tool("get_connection_stats", {"window": "1m"})
+        assert "Not collected on this kernel: " in res.content[0].text and "TCP sends and bytes sent" in res.content[0].text
+        assert not any(r["service"] == "[no-socket]" and r["resets_sent"] for r in stats["services"])
+
+        usage = await call(s, "get_resource_usage", {"service": "part-cli", "resource": "all", "window": "1m"})
+        assert "run-queue latency, on-CPU time and context switches" in usage["unavailable"], usage
+        assert usage["source"] == "ebpf"
+
+    run_with_server(body)
+
+
+def test_every_hook_present_reports_nothing_unavailable():
+    async def body(s):
+        health = json.loads((await s.read_resource("bpfsight://health")).contents[0].text)
+        assert "unavailable" not in health, health["unavailable"]
+        stats = await call(s, "get_connection_stats", {"window": "30s"})
+        assert "unavailable" not in stats
+
+    run_with_server(body)
