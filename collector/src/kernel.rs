@@ -92,7 +92,7 @@ pub fn missing_hook_reason(hook: Hook) -> (String, &'static str) {
             "this kernel was built without syscall tracepoints (CONFIG_FTRACE_SYSCALLS)"
         }
         Hook::Tracepoint(..) => "this kernel does not have it (bpfsight's full set needs Linux 6.3 or later)",
-        Hook::BtfTracepoint(_) => {
+        Hook::BtfTracepoint(_) | Hook::RawTracepoint(_) => {
             "this kernel's BTF does not list it (bpfsight's full set needs Linux 6.3 or later)"
         }
     };

@@ -30,6 +30,7 @@ pub mod preexisting;
 pub mod procfs;
 pub mod procs;
 pub mod query;
+pub mod send_slots;
 pub mod service;
 pub mod store;
 pub mod tcp;

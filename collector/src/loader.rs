@@ -8,17 +8,18 @@ use std::path::Path;
 use std::time::Duration;
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
-use aya::programs::{BtfTracePoint, TracePoint};
+use aya::programs::{BtfTracePoint, RawTracePoint, TracePoint};
 use aya::{Ebpf, EbpfLoader};
 use bpfsight_common::programs::{self, Hook};
 use bpfsight_common::{
-    ConnKey, ConnStats, Counter, IoKey, IoStats, LatHist, ListenKey, Owner, ProcEvent, ProcStats, SendStats,
-    SockBucket, SockState, SyscallKey, TcpEvent, globals, maps,
+    ConnKey, ConnStats, Counter, IoKey, IoStats, LatHist, ListenKey, Owner, ProcEvent, ProcStats,
+    SEND_SLOTS_PER_CPU, SendStats, SockBucket, SockState, SyscallKey, TcpEvent, globals, maps,
 };
 
 use crate::btf::Btf;
 use crate::error::CollectorError;
 use crate::plan::{self, UnavailableSignal};
+use crate::send_slots::SendSlots;
 use crate::tcp::TcpCounters;
 
 /// The compiled eBPF object (all programs, including the benchmark's baselines).
@@ -82,6 +83,7 @@ pub struct Programs {
     ebpf: Ebpf,
     conn_stats: PerCpuHashMap<MapData, ConnKey, ConnStats>,
     send_stats: PerCpuHashMap<MapData, u64, SendStats>,
+    send_slots: SendSlots,
     socks: Array<MapData, SockBucket>,
     listeners: BpfHashMap<MapData, ListenKey, Owner>,
     events: RingBuf<MapData>,
@@ -228,7 +230,8 @@ impl KernelLayout {
 fn check_hook(hook: Hook, tracefs: &Path, btf: &Btf) -> Result<(), CollectorError> {
     let present = match hook {
         Hook::Tracepoint(cat, event) => tracefs.join("events").join(cat).join(event).is_dir(),
-        Hook::BtfTracepoint(event) => btf.has_btf_tracepoint(event),
+        // Every tracepoint is also a raw one, and BTF lists each as `btf_trace_<event>`.
+        Hook::BtfTracepoint(event) | Hook::RawTracepoint(event) => btf.has_btf_tracepoint(event),
     };
     if present { Ok(()) } else { Err(crate::kernel::missing_hook(hook)) }
 }
@@ -274,7 +277,7 @@ impl Programs {
             let plan = plan::plan(&wanted, &plan::hidden_hooks(), |hook| {
                 let checked = check_hook(hook, tracefs, &btf).and_then(|()| match hook {
                     Hook::Tracepoint(cat, event) => crate::kernel::check_layout(tracefs, cat, event),
-                    Hook::BtfTracepoint(_) => Ok(()),
+                    Hook::BtfTracepoint(_) | Hook::RawTracepoint(_) => Ok(()),
                 });
                 checked.map_err(|e| {
                     let reason = match &e {
@@ -301,6 +304,10 @@ impl Programs {
         };
         let aya_btf = aya::Btf::from_sys_fs().map_err(|e| CollectorError::load("kernel BTF", e))?;
         let thread_slots = thread_slots();
+        // Programs index the send slots by the CPU they run on, below the possible CPUs' count.
+        let cpus =
+            aya::util::nr_cpus().map_err(|(path, e)| CollectorError::Io { path: path.into(), source: e })?;
+        let send_slots = cpus * SEND_SLOTS_PER_CPU as usize;
         let thread_slots_mask = thread_slots - 1;
         let l = &layout;
         let mut ebpf = EbpfLoader::new()
@@ -319,6 +326,7 @@ impl Programs {
             .override_global(globals::THREAD_SLOTS_MASK, &thread_slots_mask, true)
             .map_max_entries(maps::THREADS, thread_slots)
             .map_max_entries(maps::SYSCALL_START, thread_slots)
+            .map_max_entries(maps::SEND_SLOTS, send_slots as u32)
             .load(OBJECT)
             .map_err(|e| CollectorError::load("object", e))?;
         let stale = |what: String| CollectorError::Unsupported {
@@ -348,6 +356,13 @@ impl Programs {
                     tp.attach()
                         .map_err(|e| CollectorError::load(format!("attach {name} to tp_btf/{event}"), e))?;
                 }
+                Hook::RawTracepoint(event) => {
+                    let tp: &mut RawTracePoint =
+                        prog.try_into().map_err(|e| CollectorError::load(format!("program {name}"), e))?;
+                    tp.load().map_err(|e| CollectorError::load(format!("program {name}"), e))?;
+                    tp.attach(event)
+                        .map_err(|e| CollectorError::load(format!("attach {name} to raw_tp/{event}"), e))?;
+                }
             }
             tracing::debug!(name, hook = ?p.hook, "attached");
         }
@@ -361,6 +376,10 @@ impl Programs {
             .map_err(|e| CollectorError::load("map CONN_STATS", e))?;
         let send_stats = PerCpuHashMap::try_from(take(&mut ebpf, maps::SEND_STATS)?)
             .map_err(|e| CollectorError::load("map SEND_STATS", e))?;
+        let send_slots = match take(&mut ebpf, maps::SEND_SLOTS)? {
+            aya::maps::Map::Array(data) => SendSlots::new(data, send_slots)?,
+            _ => return Err(stale(format!("map {} type", maps::SEND_SLOTS))),
+        };
         let socks = Array::try_from(take(&mut ebpf, maps::SOCKS)?)
             .map_err(|e| CollectorError::load("map SOCKS", e))?;
         let listeners = BpfHashMap::try_from(take(&mut ebpf, maps::LISTENERS)?)
@@ -389,7 +408,18 @@ impl Programs {
             events: RingBuf::try_from(proc_events.1).map_err(|e| wrap(proc_events.0, e))?,
         };
         let unavailable = plan.unavailable;
-        Ok(Programs { ebpf, conn_stats, send_stats, socks, listeners, events, counters, host, unavailable })
+        Ok(Programs {
+            ebpf,
+            conn_stats,
+            send_stats,
+            send_slots,
+            socks,
+            listeners,
+            events,
+            counters,
+            host,
+            unavailable,
+        })
     }
 
     /// What this kernel cannot give: the programs left out at load, and why.
@@ -451,13 +481,15 @@ impl Programs {
     /// Cumulative send counters per socket address, summed over CPUs.
     pub fn read_send_stats(&self) -> HashMap<u64, TcpCounters> {
         let mut out = HashMap::new();
+        self.send_slots.add_to(&mut out);
+        // Sockets whose slot another holds (a socket may be in both, if its slot was taken
+        // when it first sent on one CPU and free on another).
         for item in self.send_stats.iter() {
             let Ok((sk, per_cpu)) = item else { continue };
-            let mut sum = TcpCounters::default();
+            let sum = out.entry(sk).or_default();
             for v in per_cpu.iter() {
-                sum += TcpCounters::from(*v);
+                *sum += TcpCounters::from(*v);
             }
-            out.insert(sk, sum);
         }
         out
     }
@@ -482,6 +514,7 @@ impl Programs {
     /// Deletes a destroyed socket's send counters (their final values were read).
     pub fn forget_socket(&mut self, sk: u64) {
         let _ = self.send_stats.remove(&sk);
+        self.send_slots.free(sk);
     }
 
     /// Deletes an aggregate key (its process is gone and its totals were read).

@@ -99,7 +99,7 @@ fn needs_of(name: &str) -> &'static [&'static str] {
 fn is_hidden(hidden: &[String], hook: Hook) -> bool {
     let (cat, event) = match hook {
         Hook::Tracepoint(cat, event) => (Some(cat), event),
-        Hook::BtfTracepoint(event) => (None, event),
+        Hook::BtfTracepoint(event) | Hook::RawTracepoint(event) => (None, event),
     };
     hidden.iter().any(|h| match h.split_once(':') {
         Some((c, e)) => Some(c) == cat && e == event,
@@ -173,6 +173,7 @@ pub fn hook_name(hook: Hook) -> String {
     match hook {
         Hook::Tracepoint(cat, event) => format!("tracepoint {cat}:{event}"),
         Hook::BtfTracepoint(event) => format!("BTF tracepoint {event}"),
+        Hook::RawTracepoint(event) => format!("raw tracepoint {event}"),
     }
 }
 
@@ -208,7 +209,7 @@ mod tests {
     fn a_missing_hook_leaves_out_its_program_and_those_that_need_it() {
         // Linux 6.1: no sock_send_length. And suppose no sched_switch BTF tracepoint either.
         let p = plan(&all(), &[], |h| match h {
-            Hook::BtfTracepoint("sock_send_length") | Hook::BtfTracepoint("sched_switch") => {
+            Hook::RawTracepoint("sock_send_length") | Hook::BtfTracepoint("sched_switch") => {
                 Err("not in this kernel".into())
             }
             _ => Ok(()),
@@ -247,7 +248,7 @@ mod tests {
         let hidden = vec!["tcp:tcp_send_reset".to_string(), "sock_send_length".to_string()];
         assert!(is_hidden(&hidden, Hook::Tracepoint("tcp", "tcp_send_reset")));
         assert!(!is_hidden(&hidden, Hook::Tracepoint("sock", "tcp_send_reset")));
-        assert!(is_hidden(&hidden, Hook::BtfTracepoint("sock_send_length")));
+        assert!(is_hidden(&hidden, Hook::RawTracepoint("sock_send_length")));
         assert!(!is_hidden(&hidden, Hook::BtfTracepoint("tcp_send_reset")));
     }
 }

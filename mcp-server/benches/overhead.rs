@@ -529,6 +529,7 @@ fn program_costs() {
         let kind = match p.hook {
             bpfsight_collector::common::programs::Hook::Tracepoint(..) => "tp",
             bpfsight_collector::common::programs::Hook::BtfTracepoint(..) => "tp_btf",
+            bpfsight_collector::common::programs::Hook::RawTracepoint(..) => "raw_tp",
         };
         println!("   {:<22} {:<7} {:>9} {:>10.0} {:>12.0} {:>7.2}x", p.name, kind, runs, ns, base, ns / base);
     }

@@ -25,6 +25,10 @@ pub mod maps {
     /// `PERCPU_HASH<u64 sock address, SendStats>`: data sent per socket (the hot path keeps an
     /// 8-byte key; user space attributes sockets to owners through `SOCKS`).
     pub const SEND_STATS: &str = "SEND_STATS";
+    /// `ARRAY<SendSlot>` (mmapable), [`SEND_SLOTS_PER_CPU`](super::SEND_SLOTS_PER_CPU) per
+    /// possible CPU, indexed by [`send_slot`](super::send_slot): data sent per socket, where
+    /// the send path looks first; `SEND_STATS` holds the sockets that collide here.
+    pub const SEND_SLOTS: &str = "SEND_SLOTS";
     /// `RINGBUF` of [`TcpEvent`](super::TcpEvent): discrete events only.
     pub const EVENTS: &str = "EVENTS";
     /// `PERCPU_ARRAY<u64>` indexed by [`Counter`](super::Counter).
@@ -61,6 +65,11 @@ pub mod programs {
         /// A BTF tracepoint (`tp_btf`): the program gets the raw arguments, without the cost
         /// of formatting a record. Used for per-packet hooks.
         BtfTracepoint(&'static str),
+        /// A raw tracepoint (`raw_tp`): the raw arguments, like a BTF tracepoint, but as plain
+        /// numbers, so a pointer argument can be hashed and stored with no helper call to
+        /// launder it. For hooks whose arguments the program only counts by, never reads
+        /// through.
+        RawTracepoint(&'static str),
     }
 
     /// A program in the object and its hook.
@@ -78,6 +87,10 @@ pub mod programs {
 
     const fn btf(name: &'static str, event: &'static str) -> Program {
         Program { name, hook: Hook::BtfTracepoint(event) }
+    }
+
+    const fn raw(name: &'static str, event: &'static str) -> Program {
+        Program { name, hook: Hook::RawTracepoint(event) }
     }
 
     /// Scheduler, block IO, syscall, memory and process-life programs.
@@ -123,7 +136,7 @@ pub mod programs {
         tp("tcp_receive_reset", "tcp", "tcp_receive_reset"),
         tp("tcp_send_reset", "tcp", "tcp_send_reset"),
         tp("tcp_destroy_sock", "tcp", "tcp_destroy_sock"),
-        btf("sock_send_length", "sock_send_length"),
+        raw("sock_send_length", "sock_send_length"),
     ];
 
     /// Trivial counting programs on the same hooks, used by the benchmark as a cost floor.
@@ -134,7 +147,7 @@ pub mod programs {
         tp("baseline_tcp_receive_reset", "tcp", "tcp_receive_reset"),
         tp("baseline_tcp_send_reset", "tcp", "tcp_send_reset"),
         tp("baseline_tcp_destroy_sock", "tcp", "tcp_destroy_sock"),
-        btf("baseline_sock_send_length", "sock_send_length"),
+        raw("baseline_sock_send_length", "sock_send_length"),
     ];
 
     /// A trivial classic-tracepoint program on the send hook: what the send path would cost
@@ -526,6 +539,29 @@ pub const SOCK_BUCKETS: u32 = 16384;
 #[inline(always)]
 pub const fn sock_bucket(sk: u64) -> u32 {
     ((sk >> 6).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - SOCK_BUCKETS.trailing_zeros())) as u32
+}
+
+/// Slots per CPU in [`maps::SEND_SLOTS`] (a power of two): 64 KiB a CPU.
+pub const SEND_SLOTS_PER_CPU: u32 = 2048;
+
+/// The slot of socket `sk` among one CPU's [`SEND_SLOTS_PER_CPU`] (see [`sock_bucket`]).
+#[inline(always)]
+pub const fn send_slot(sk: u64) -> u32 {
+    ((sk >> 6).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - SEND_SLOTS_PER_CPU.trailing_zeros())) as u32
+}
+
+/// A socket's send counters on one CPU, in [`maps::SEND_SLOTS`]. Only programs on that CPU
+/// write it, so it needs no atomics; user space reads it through a shared mapping and frees it
+/// (counters, then `sk`) once the socket is gone and its totals are read.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SendSlot {
+    /// The socket's address; 0 for a free slot.
+    pub sk: u64,
+    /// `sendmsg` calls that sent data.
+    pub sends: u64,
+    /// Bytes those calls sent.
+    pub bytes: u64,
 }
 
 /// Key of a listening socket.

@@ -2,8 +2,8 @@
 //! next to the real programs to measure the floor cost of a tracepoint program on this machine.
 
 use aya_ebpf::{
-    macros::{btf_tracepoint, tracepoint},
-    programs::{BtfTracePointContext, TracePointContext},
+    macros::{btf_tracepoint, raw_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
 };
 
 use crate::maps::BASELINE;
@@ -42,8 +42,8 @@ pub fn baseline_tcp_destroy_sock(_ctx: TracePointContext) -> u32 {
     tick(4)
 }
 
-#[btf_tracepoint(function = "sock_send_length")]
-pub fn baseline_sock_send_length(_ctx: BtfTracePointContext) -> u32 {
+#[raw_tracepoint(tracepoint = "sock_send_length")]
+pub fn baseline_sock_send_length(_ctx: RawTracePointContext) -> u32 {
     tick(5)
 }
 

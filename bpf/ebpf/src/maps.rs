@@ -1,14 +1,14 @@
 //! Maps shared by the programs. Names match `bpfsight_common::maps`.
 
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid,
+    helpers::{bpf_get_current_pid_tgid, bpf_get_smp_processor_id},
     macros::map,
     maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use bpfsight_common::{
     COUNTERS_LEN, ConnKey, ConnStats, Counter, IO_BUCKETS, IO_WAYS, InflightIo, IoBucket, IoKey, IoReqKey,
-    IoStats, LatHist, ListenKey, Owner, ProcStats, SOCK_BUCKETS, SOCK_WAYS, SendStats, SockBucket, SockState,
-    SyscallKey, io_bucket, sock_bucket, sock_flags,
+    IoStats, LatHist, ListenKey, Owner, ProcStats, SEND_SLOTS_PER_CPU, SOCK_BUCKETS, SOCK_WAYS, SendSlot,
+    SendStats, SockBucket, SockState, SyscallKey, io_bucket, send_slot, sock_bucket, sock_flags,
 };
 
 /// Sockets we track, by [`sock_bucket`], freed by `tcp_destroy_sock` (see [`SockBucket`]).
@@ -58,9 +58,29 @@ pub fn sock_forget(sk: u64) {
     }
 }
 
-/// Per-socket send counters: the hottest path, so an 8-byte key and nothing else.
+/// Per-socket send counters of the sockets whose [`SEND_SLOTS`] slot another socket holds.
 #[map(name = "SEND_STATS")]
 pub static SEND_STATS: PerCpuHashMap<u64, SendStats> = PerCpuHashMap::with_max_entries(65536, 0);
+
+/// `BPF_F_MMAPABLE`: user space reads the send counters through a shared mapping, with no
+/// syscall per socket.
+const BPF_F_MMAPABLE: u32 = 1 << 10;
+
+/// Per-socket send counters, [`SEND_SLOTS_PER_CPU`] slots per CPU (the loader sizes the map for
+/// the machine's CPUs). The send path is the hottest TCP hook: a slot is an array access the
+/// verifier turns into address arithmetic, where a per-CPU hash lookup hashes the key and walks
+/// a bucket.
+#[map(name = "SEND_SLOTS")]
+pub static SEND_SLOTS: Array<SendSlot> = Array::with_max_entries(SEND_SLOTS_PER_CPU, BPF_F_MMAPABLE);
+
+/// Socket `sk`'s send slot on this CPU, whoever holds it.
+#[inline(always)]
+pub fn send_slot_here(sk: u64) -> Option<&'static mut SendSlot> {
+    // SAFETY: helper without preconditions.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    // SAFETY: array value pointer, valid for the program run; only this CPU writes it.
+    SEND_SLOTS.get_ptr_mut(cpu * SEND_SLOTS_PER_CPU + send_slot(sk)).map(|p| unsafe { &mut *p })
+}
 
 #[map(name = "LISTENERS")]
 pub static LISTENERS: HashMap<ListenKey, Owner> = HashMap::with_max_entries(4096, 0);

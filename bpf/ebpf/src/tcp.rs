@@ -11,16 +11,17 @@
 
 use aya_ebpf::{
     helpers::bpf_probe_read_kernel,
-    macros::{btf_tracepoint, tracepoint},
-    programs::{BtfTracePointContext, TracePointContext},
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
 };
 use bpfsight_common::{
-    AF_INET, AF_INET6, ConnKey, Counter, ListenKey, Owner, SendStats, SockState, TcpEvent, TcpEventKind,
-    layout, sock_flags,
+    AF_INET, AF_INET6, ConnKey, Counter, ListenKey, Owner, SendSlot, SendStats, SockState, TcpEvent,
+    TcpEventKind, layout, sock_flags,
 };
 
 use crate::maps::{
-    EVENTS, LISTENERS, SEND_STATS, bump, bump_connect_lat, count, sock_forget, sock_get, sock_put,
+    EVENTS, LISTENERS, SEND_STATS, bump, bump_connect_lat, count, send_slot_here, sock_forget, sock_get,
+    sock_put,
 };
 use crate::record::{at, current_owner, now_ns};
 
@@ -303,16 +304,27 @@ const SKC_FAMILY: usize = 16;
 static SK_PROTOCOL_OFFSET: u32 = 0;
 
 /// Counts data sent per socket. The hottest program: it runs on every `sendmsg` of every
-/// socket, so it is a BTF tracepoint (raw arguments, no record formatting) and its common path
-/// is one per-CPU hash lookup with an 8-byte key.
-#[btf_tracepoint(function = "sock_send_length")]
-pub fn sock_send_length(ctx: BtfTracePointContext) -> u32 {
+/// socket, so it is a raw tracepoint (raw arguments, no record formatting; unlike a BTF
+/// tracepoint's, the socket pointer is a plain number the program may hash) and its common
+/// path is the socket's slot on this CPU in [`SEND_SLOTS`](crate::maps::SEND_SLOTS): an
+/// array access and a compare, no hashing of keys or walking of buckets.
+#[raw_tracepoint(tracepoint = "sock_send_length")]
+pub fn sock_send_length(ctx: RawTracePointContext) -> u32 {
     // sock_send_length(struct sock *sk, int ret, int flags)
     let sk: u64 = ctx.arg(0);
     let ret: i32 = ctx.arg(1);
     if ret <= 0 || sk == 0 {
         return 0;
     }
+    let slot = match send_slot_here(sk) {
+        Some(s) if s.sk == sk => {
+            s.sends += 1;
+            s.bytes += ret as u64;
+            return 0;
+        }
+        other => other,
+    };
+    // The slot is another socket's: this one is counted in the hash, if it is TCP at all.
     if let Some(v) = SEND_STATS.get_ptr_mut(&sk) {
         // SAFETY: per-CPU value, only this CPU writes it.
         let v = unsafe { &mut *v };
@@ -320,7 +332,7 @@ pub fn sock_send_length(ctx: BtfTracePointContext) -> u32 {
         v.bytes += ret as u64;
         return 0;
     }
-    send_slow_path(sk, ret);
+    send_slow_path(sk, ret, slot);
     0
 }
 
@@ -328,7 +340,7 @@ pub fn sock_send_length(ctx: BtfTracePointContext) -> u32 {
 /// (Inlined: a separate function would carry a mangled, build-dependent symbol name into the
 /// committed object.)
 #[inline(always)]
-fn send_slow_path(sk: u64, ret: i32) {
+fn send_slow_path(sk: u64, ret: i32, slot: Option<&mut SendSlot>) {
     // SAFETY: probe reads of kernel memory; failures skip the socket.
     let Ok(family) = (unsafe { bpf_probe_read_kernel((sk as usize + SKC_FAMILY) as *const u16) }) else {
         return;
@@ -344,13 +356,24 @@ fn send_slow_path(sk: u64, ret: i32) {
     if proto != IPPROTO_TCP {
         return;
     }
-    let first = SendStats { sends: 1, bytes: ret as u64 };
-    if SEND_STATS.insert(&sk, &first, 0).is_err() {
-        count(Counter::SendStatsFull);
+    match slot {
+        Some(s) if s.sk == 0 => {
+            // The socket last, so that user space, which frees a slot counters first, never
+            // sees this socket with the previous holder's counts.
+            // SAFETY: a map value this CPU owns.
+            unsafe {
+                core::ptr::write_volatile(&mut s.sends, 1);
+                core::ptr::write_volatile(&mut s.bytes, ret as u64);
+                core::ptr::write_volatile(&mut s.sk, sk);
+            }
+        }
+        _ => {
+            let first = SendStats { sends: 1, bytes: ret as u64 };
+            if SEND_STATS.insert(&sk, &first, 0).is_err() {
+                count(Counter::SendStatsFull);
+            }
+        }
     }
-    // The verifier forbids hashing a BTF pointer; a copy through a helper is a plain number.
-    // SAFETY: reads our own stack.
-    let Ok(sk) = (unsafe { bpf_probe_read_kernel(&sk as *const u64) }) else { return };
     if sock_get(sk).is_none() {
         learn_owner(sk, family);
     }
