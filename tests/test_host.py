@@ -341,9 +341,14 @@ def test_procfs_source_answers_the_same_questions_coarser():
         # A woken sleeper is favoured by the scheduler even among hogs, so its wait grows less
         # than a CPU-bound victim's would (seen: 3.6x to over 10x the calm sleeper's mean).
         assert lat["source"] == "procfs" and v and c and v["mean_ms"] > 2 * c["mean_ms"], (v, c)
-        io = (await call(s, "get_resource_usage", {"service": "pf-fsync", "resource": "io", "window": "30s"}))["io"]
+        io_report = await call(s, "get_resource_usage", {"service": "pf-fsync", "resource": "io", "window": "30s"})
+        io = io_report["io"]
         assert io["write_bytes"] >= 65536, io
         host = (await call(s, "get_connection_stats", {"service": "[host]", "window": "30s"}))["services"][0]
         assert host["failed_connects"] >= 7, host  # whole-host counters from /proc/net/snmp
+        # What /proc cannot give is listed, as on a kernel without some hooks.
+        errors = await call(s, "get_service_errors", {"window": "30s"})
+        assert "failed syscalls and syscall latency" in errors["unavailable"], errors.get("unavailable")
+        assert any("TCP per service" in u for u in io_report["unavailable"]), io_report
 
     run_with_server(body, args=("serve", "--source", "procfs"))

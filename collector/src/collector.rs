@@ -134,6 +134,7 @@ impl Collector {
         let mut store = Store::new(now);
         store.health_mut().source = "procfs";
         store.health_mut().started_at = now;
+        store.health_mut().unavailable = crate::procfs::unavailable();
         store.set_processes(procs::scan(64));
         let journal = match &config.record {
             Some(path) => Some(JournalWriter::create(path, "procfs", now)?),

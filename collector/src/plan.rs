@@ -20,7 +20,7 @@ pub const HIDE_HOOKS_ENV: &str = "BPFSIGHT_HIDE_HOOKS";
 pub struct UnavailableSignal {
     /// What is not collected, e.g. "TCP sends and bytes sent".
     pub signal: String,
-    /// The program left out.
+    /// The program left out (`procfs` for what the /proc source cannot give).
     pub program: String,
     /// Why: the missing hook or record field, or the program it depends on.
     pub reason: String,

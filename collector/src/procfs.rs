@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use crate::host::{Histogram, HostCounters, IoTotals};
 use crate::journal::JournalWriter;
+use crate::plan::UnavailableSignal;
 use crate::procs;
 use crate::service::{IdentitySource, Pid, Resolver, ServiceId};
 use crate::store::Store;
@@ -25,6 +26,24 @@ use crate::tcp::{Peer, TcpCounters};
 
 /// The pseudo-service host-wide counters are recorded under.
 pub const HOST: &str = "[host]";
+
+/// What /proc cannot give, listed in the health and in every answer's `unavailable` as on a
+/// kernel that lacks a hook, so a client reads the zeros right whichever the source.
+pub fn unavailable() -> Vec<UnavailableSignal> {
+    const WHY: &str = "/proc has no such figure; the eBPF source (root, or CAP_BPF + CAP_PERFMON) gives it";
+    [
+        "TCP per service and peer (only whole-host counters, under [host])",
+        "failed syscalls and syscall latency",
+        "block IO latency and devices",
+        "page allocations",
+        "TCP handshake latency",
+        "exit codes",
+        "OOM victims (only the whole-host count, under [host])",
+    ]
+    .into_iter()
+    .map(|signal| UnavailableSignal { signal: signal.into(), program: "procfs".into(), reason: WHY.into() })
+    .collect()
+}
 
 /// Cumulative per-process counters from one read of /proc.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
