@@ -109,6 +109,37 @@ def test_packet_loss_shows_as_retransmits_for_that_service_and_peer_only():
     run_with_server(body)
 
 
+def test_short_connections_keep_their_sends():
+    """3,000 connections from one process, one after another, each one 100-byte request and its
+    echo, each gone in well under the collector's one-second poll. Their sends must all be
+    counted and attributed even though the sockets are destroyed before the collector looks
+    them up, and the client's and server's sockets outnumber a CPU's 2,048 send slots."""
+    port, count, size = 47161, 3000, 100
+
+    async def body(s):
+        srv = Workload("echo-server", "many-srv", port, wait_ready=True, seconds=60)
+        try:
+            cli = Workload("many-clients", "many-cli", port, count=count, size=size)
+            out = await anyio.to_thread.run_sync(cli.wait)
+            assert f"connections {count}" in out
+        finally:
+            srv.kill()
+        await settle()
+        rows = {r["service"]: r for r in (await call(s, "get_connection_stats", {"window": "5m", "limit": 500}))["services"]}
+        cli, srv_row = rows["many-cli"], rows["many-srv"]
+        assert cli["opened"] == count and cli["closed"] == count, cli
+        # Nothing lost: every request and every echo, and nothing left unattributed.
+        assert cli["sends"] + srv_row["sends"] == 2 * count, (cli, srv_row)
+        assert cli["bytes_sent"] + srv_row["bytes_sent"] == 2 * count * size, (cli, srv_row)
+        assert "[unattributed]" not in rows or rows["[unattributed]"]["sends"] == 0, rows["[unattributed]"]
+        # Not asserted: the split between the two. Send counters are kept per socket address,
+        # and the kernel gives a freed socket's memory to the next socket at once; when that
+        # happens within one poll, both sockets' sends go under the one the collector sees
+        # (seen: 9 to 229 of 6,000 filed under the other side).
+
+    run_with_server(body)
+
+
 def test_refused_connects_are_failed_connects_for_the_caller_ipv4_and_ipv6():
     port = 47109  # nothing listens here
 

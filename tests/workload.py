@@ -81,6 +81,25 @@ def echo_client(a) -> None:
     print(f"round_trips {n}", flush=True)
 
 
+def many_clients(a) -> None:
+    """`count` connections one after another, each one request of `size` bytes and its echo."""
+    payload = b"m" * a.size
+    # From another loopback address: the client side's TIME_WAIT sockets then hold ports of
+    # 127.0.0.2, never one another test binds on 127.0.0.1.
+    source = ("127.0.0.2", 0) if family(a.host) == socket.AF_INET else None
+    for _ in range(a.count):
+        c = socket.create_connection((a.host, a.port), timeout=30, source_address=source)
+        c.sendall(payload)
+        got = 0
+        while got < len(payload):
+            chunk = c.recv(65536)
+            if not chunk:
+                raise SystemExit("server closed")
+            got += len(chunk)
+        c.close()
+    print(f"connections {a.count}", flush=True)
+
+
 def refused(a) -> None:
     """Connects `count` times to a port nobody listens on."""
     failed = 0
@@ -180,6 +199,7 @@ ROLES = {
     "alloc": alloc,
     "echo-server": echo_server,
     "echo-client": echo_client,
+    "many-clients": many_clients,
     "refused": refused,
     "reset-server": reset_server,
     "reset-client": reset_client,

@@ -6,7 +6,9 @@ use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bpfsight_common::{ConnKey, Owner, ProcEvent, ProcEventKind, SockState, TcpEvent, TcpEventKind};
+use bpfsight_common::{
+    ConnKey, Owner, ProcEvent, ProcEventKind, SockState, TcpEvent, TcpEventKind, sock_flags,
+};
 
 use crate::error::CollectorError;
 use crate::host::{Histogram, HostCounters};
@@ -255,6 +257,10 @@ impl Poller {
             // One lookup per active socket: tells both who owns it and whether it still exists.
             match self.programs.socket(*sk) {
                 Some(st) => {
+                    // A destroyed socket's way is kept for this: its owner, then it is gone.
+                    if st.flags & sock_flags::DESTROYED != 0 {
+                        gone.push(*sk);
+                    }
                     self.sock_owner.insert(*sk, st);
                 }
                 None => gone.push(*sk),
@@ -273,9 +279,11 @@ impl Poller {
         }
         self.prev_sends = sends;
         for sk in gone {
-            self.programs.forget_socket(sk);
-            self.prev_sends.remove(&sk);
-            self.sock_owner.remove(&sk);
+            let seen = self.prev_sends.get(&sk).copied().unwrap_or_default();
+            if self.programs.forget_socket(sk, seen) {
+                self.prev_sends.remove(&sk);
+                self.sock_owner.remove(&sk);
+            }
         }
     }
 

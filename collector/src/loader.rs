@@ -511,10 +511,23 @@ impl Programs {
         let _ = self.listeners.insert(key, owner, BPF_NOEXIST);
     }
 
-    /// Deletes a destroyed socket's send counters (their final values were read).
-    pub fn forget_socket(&mut self, sk: u64) {
+    /// Deletes a destroyed socket's send counters if they still hold `seen`, the final values
+    /// the poll read. If they moved since, a new socket has the address (the kernel reuses a
+    /// freed socket's memory at once) and has sent: they are kept for the next poll, which
+    /// files the difference under the new socket. Returns whether they were deleted.
+    pub fn forget_socket(&mut self, sk: u64, seen: TcpCounters) -> bool {
+        let mut now = self.send_slots.sum_for(sk);
+        if let Ok(per_cpu) = self.send_stats.get(&sk, 0) {
+            for v in per_cpu.iter() {
+                now += TcpCounters::from(*v);
+            }
+        }
+        if now != seen {
+            return false;
+        }
         let _ = self.send_stats.remove(&sk);
         self.send_slots.free(sk);
+        true
     }
 
     /// Deletes an aggregate key (its process is gone and its totals were read).

@@ -74,6 +74,24 @@ impl SendSlots {
         }
     }
 
+    /// Socket `sk`'s counters in its slots, summed over CPUs.
+    pub fn sum_for(&self, sk: u64) -> TcpCounters {
+        let per_cpu = SEND_SLOTS_PER_CPU as usize;
+        let mut sum = TcpCounters::default();
+        for cpu in 0..self.slots / per_cpu {
+            let p = self.slot(cpu * per_cpu + send_slot(sk) as usize);
+            // SAFETY: in the mapping; see `add_to`.
+            unsafe {
+                if std::ptr::addr_of!((*p).sk).read_volatile() == sk {
+                    let sends = std::ptr::addr_of!((*p).sends).read_volatile();
+                    let bytes = std::ptr::addr_of!((*p).bytes).read_volatile();
+                    sum += TcpCounters::from(SendStats { sends, bytes });
+                }
+            }
+        }
+        sum
+    }
+
     /// Frees socket `sk`'s slots on every CPU: counters first, then the socket, the reverse of
     /// the order the kernel claims a slot in.
     pub fn free(&mut self, sk: u64) {

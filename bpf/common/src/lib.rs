@@ -450,6 +450,10 @@ pub mod sock_flags {
     /// The socket left ESTABLISHED for CLOSE; kept until `tcp_destroy_sock` for late resets
     /// (and preferred for eviction when its bucket is full).
     pub const CLOSED: u32 = 4;
+    /// `tcp_destroy_sock` ran: the socket is gone, and the programs no longer see it. The way
+    /// is kept (reused like a closed one) so that user space, which reads send counters once a
+    /// second, still knows whose they were when the connection lived less than that.
+    pub const DESTROYED: u32 = 8;
 }
 
 /// What the kernel side remembers about one socket, found by the `struct sock` address.

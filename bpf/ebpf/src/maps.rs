@@ -11,7 +11,8 @@ use bpfsight_common::{
     SendStats, SockBucket, SockState, SyscallKey, io_bucket, send_slot, sock_bucket, sock_flags,
 };
 
-/// Sockets we track, by [`sock_bucket`], freed by `tcp_destroy_sock` (see [`SockBucket`]).
+/// Sockets we track, by [`sock_bucket`], marked destroyed by `tcp_destroy_sock` and reused like
+/// closed ones (see [`SockBucket`], [`sock_flags::DESTROYED`]).
 #[map(name = "SOCKS")]
 pub static SOCKS: Array<SockBucket> = Array::with_max_entries(SOCK_BUCKETS, 0);
 
@@ -30,21 +31,36 @@ pub fn sock_get(sk: u64) -> Option<&'static mut SockState> {
     if sk == 0 {
         return None;
     }
-    sock_bucket_of(sk)?.get_mut(&sk)
+    sock_bucket_of(sk)?.get_mut(&sk).filter(|s| s.flags & sock_flags::DESTROYED == 0)
 }
 
-/// Tracks socket `sk` as `st`: in its own way if it has one, else a free one, else a closed
-/// socket's, else the last (counted: that socket's later events go unattributed).
+/// Tracks socket `sk` as `st`: in its own way if it has one, else a free one, else a destroyed
+/// socket's, else a closed one's, else the last (counted: that socket's later events go
+/// unattributed).
 #[inline(always)]
 pub fn sock_put(sk: u64, st: &SockState) {
     let Some(b) = sock_bucket_of(sk) else { return };
     let w = b.slot_for(&sk, &0).unwrap_or_else(|| {
-        (0..SOCK_WAYS).find(|&w| b.value[w].flags & sock_flags::CLOSED != 0).unwrap_or_else(|| {
+        let with = |flag: u32| (0..SOCK_WAYS).find(|&w| b.value[w].flags & flag != 0);
+        with(sock_flags::DESTROYED).or_else(|| with(sock_flags::CLOSED)).unwrap_or_else(|| {
             count(Counter::SockInsertFailed);
             SOCK_WAYS - 1
         })
     });
     b.set(w, sk, st);
+}
+
+/// Marks socket `sk` destroyed: gone for the programs, kept for user space (see
+/// [`sock_flags::DESTROYED`]).
+#[inline(always)]
+pub fn sock_destroyed(sk: u64) {
+    if sk != 0
+        && let Some(b) = sock_bucket_of(sk)
+        && let Some(w) = b.find(&sk)
+        && let Some(s) = b.value.get_mut(w)
+    {
+        s.flags |= sock_flags::CLOSED | sock_flags::DESTROYED;
+    }
 }
 
 /// Stops tracking socket `sk`.

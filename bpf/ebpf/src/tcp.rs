@@ -20,8 +20,8 @@ use bpfsight_common::{
 };
 
 use crate::maps::{
-    EVENTS, LISTENERS, SEND_STATS, bump, bump_connect_lat, count, send_slot_here, sock_forget, sock_get,
-    sock_put,
+    EVENTS, LISTENERS, SEND_STATS, bump, bump_connect_lat, count, send_slot_here, sock_destroyed,
+    sock_forget, sock_get, sock_put,
 };
 use crate::record::{at, current_owner, now_ns};
 
@@ -218,8 +218,9 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn tcp_destroy_sock(ctx: TracePointContext) -> u32 {
-    sock_forget(at(&ctx, layout::tcp_receive_reset::SKADDR));
-    // SEND_STATS is left for user space, which reads the final counts before deleting it.
+    sock_destroyed(at(&ctx, layout::tcp_receive_reset::SKADDR));
+    // The send counters are left for user space, which reads the final counts (and, from the
+    // destroyed way, whose they were) before freeing them.
     0
 }
 
