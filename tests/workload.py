@@ -60,6 +60,17 @@ def echo_server(a) -> None:
         threading.Thread(target=echo_conn, args=(c,), daemon=True).start()
 
 
+def request(c, payload: bytes) -> None:
+    """Sends `payload` on `c` and reads its echo."""
+    c.sendall(payload)
+    got = 0
+    while got < len(payload):
+        chunk = c.recv(65536)
+        if not chunk:
+            raise SystemExit("server closed")
+        got += len(chunk)
+
+
 def echo_client(a) -> None:
     """Request/response over one connection for `seconds`; prints how many round trips."""
     # Under heavy loss, RTO backoff can stall one exchange for many seconds: wait it out.
@@ -69,13 +80,7 @@ def echo_client(a) -> None:
     n = 0
     end = time.time() + a.seconds
     while time.time() < end:
-        c.sendall(payload)
-        got = 0
-        while got < len(payload):
-            chunk = c.recv(65536)
-            if not chunk:
-                raise SystemExit("server closed")
-            got += len(chunk)
+        request(c, payload)
         n += 1
     c.close()
     print(f"round_trips {n}", flush=True)
@@ -89,13 +94,7 @@ def many_clients(a) -> None:
     source = ("127.0.0.2", 0) if family(a.host) == socket.AF_INET else None
     for _ in range(a.count):
         c = socket.create_connection((a.host, a.port), timeout=30, source_address=source)
-        c.sendall(payload)
-        got = 0
-        while got < len(payload):
-            chunk = c.recv(65536)
-            if not chunk:
-                raise SystemExit("server closed")
-            got += len(chunk)
+        request(c, payload)
         c.close()
     print(f"connections {a.count}", flush=True)
 
