@@ -27,7 +27,8 @@ unsafe impl Send for SendSlots {}
 impl SendSlots {
     /// Maps `slots` slots of `map` (created `BPF_F_MMAPABLE`, `slots` entries).
     pub fn new(map: MapData, slots: usize) -> Result<Self, CollectorError> {
-        let page = 4096;
+        // SAFETY: plain query.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
         let bytes = (slots * size_of::<SendSlot>()).div_ceil(page) * page;
         let fd = map.fd().as_fd().as_raw_fd();
         // SAFETY: mapping a BPF array map's fd, as the kernel allows for BPF_F_MMAPABLE arrays;
@@ -54,40 +55,45 @@ impl SendSlots {
         unsafe { self.base.add(i) }
     }
 
+    /// The socket in slot `p`, 0 if free. The kernel writes slots concurrently, so every field
+    /// is read with one volatile aligned load (never torn on a 64-bit machine).
+    fn holder(p: *mut SendSlot) -> u64 {
+        // SAFETY: `p` is a slot of the mapping.
+        unsafe { std::ptr::addr_of!((*p).sk).read_volatile() }
+    }
+
+    /// Slot `p`'s counters.
+    fn counts(p: *mut SendSlot) -> TcpCounters {
+        // SAFETY: `p` is a slot of the mapping; see `holder`.
+        let (sends, bytes) = unsafe {
+            (std::ptr::addr_of!((*p).sends).read_volatile(), std::ptr::addr_of!((*p).bytes).read_volatile())
+        };
+        TcpCounters::from(SendStats { sends, bytes })
+    }
+
+    /// The slots socket `sk` holds, one CPU's at most each.
+    fn held_by(&self, sk: u64) -> impl Iterator<Item = *mut SendSlot> + '_ {
+        let per_cpu = SEND_SLOTS_PER_CPU as usize;
+        (0..self.slots / per_cpu)
+            .map(move |cpu| self.slot(cpu * per_cpu + send_slot(sk) as usize))
+            .filter(move |&p| Self::holder(p) == sk)
+    }
+
     /// Adds every held slot's counters to `out`, by socket.
     pub fn add_to(&self, out: &mut HashMap<u64, TcpCounters>) {
-        for i in 0..self.slots {
-            let p = self.slot(i);
-            // SAFETY: in the mapping; the kernel writes these concurrently, so each is one
-            // volatile aligned load (never torn on a 64-bit machine).
-            let sk = unsafe { std::ptr::addr_of!((*p).sk).read_volatile() };
-            if sk == 0 {
-                continue;
+        for p in (0..self.slots).map(|i| self.slot(i)) {
+            let sk = Self::holder(p);
+            if sk != 0 {
+                *out.entry(sk).or_default() += Self::counts(p);
             }
-            let (sends, bytes) = unsafe {
-                (
-                    std::ptr::addr_of!((*p).sends).read_volatile(),
-                    std::ptr::addr_of!((*p).bytes).read_volatile(),
-                )
-            };
-            *out.entry(sk).or_default() += TcpCounters::from(SendStats { sends, bytes });
         }
     }
 
     /// Socket `sk`'s counters in its slots, summed over CPUs.
     pub fn sum_for(&self, sk: u64) -> TcpCounters {
-        let per_cpu = SEND_SLOTS_PER_CPU as usize;
         let mut sum = TcpCounters::default();
-        for cpu in 0..self.slots / per_cpu {
-            let p = self.slot(cpu * per_cpu + send_slot(sk) as usize);
-            // SAFETY: in the mapping; see `add_to`.
-            unsafe {
-                if std::ptr::addr_of!((*p).sk).read_volatile() == sk {
-                    let sends = std::ptr::addr_of!((*p).sends).read_volatile();
-                    let bytes = std::ptr::addr_of!((*p).bytes).read_volatile();
-                    sum += TcpCounters::from(SendStats { sends, bytes });
-                }
-            }
+        for p in self.held_by(sk) {
+            sum += Self::counts(p);
         }
         sum
     }
@@ -95,14 +101,10 @@ impl SendSlots {
     /// Frees socket `sk`'s slots on every CPU: counters first, then the socket, the reverse of
     /// the order the kernel claims a slot in.
     pub fn free(&mut self, sk: u64) {
-        let per_cpu = SEND_SLOTS_PER_CPU as usize;
-        for cpu in 0..self.slots / per_cpu {
-            let p = self.slot(cpu * per_cpu + send_slot(sk) as usize);
-            // SAFETY: in the mapping; see `add_to`.
+        let held: Vec<_> = self.held_by(sk).collect();
+        for p in held {
+            // SAFETY: a slot of the mapping.
             unsafe {
-                if std::ptr::addr_of!((*p).sk).read_volatile() != sk {
-                    continue;
-                }
                 std::ptr::addr_of_mut!((*p).sends).write_volatile(0);
                 std::ptr::addr_of_mut!((*p).bytes).write_volatile(0);
                 fence(Ordering::Release);
