@@ -2,10 +2,12 @@
 programs that can run still do, on the real kernel, and every answer says what it cannot see.
 The hooks are hidden with BPFSIGHT_HIDE_HOOKS, so the same loader path runs as on such a kernel."""
 import json
+import re
+import subprocess
 
 import anyio
 
-from conftest import Workload, call, run_with_server, settle
+from conftest import Workload, bpfsight_bin, call, run_with_server, settle
 
 HIDDEN = "sock_send_length,tcp:tcp_send_reset,sched_switch"
 
@@ -47,7 +49,7 @@ def test_missing_hooks_leave_out_only_their_signals(monkeypatch):
         assert "TCP sends and bytes sent" in stats["unavailable"], stats["unavailable"]
         assert "TCP resets sent" in stats["unavailable"]
         res = await s.call_tool("get_connection_stats", {"window": "1m"})
-        assert "Not collected on this kernel: " in res.content[0].text and "TCP sends and bytes sent" in res.content[0].text
+        assert "Not collected here: " in res.content[0].text and "TCP sends and bytes sent" in res.content[0].text
         assert not any(r["service"] == "[no-socket]" and r["resets_sent"] for r in stats["services"])
 
         usage = await call(s, "get_resource_usage", {"service": "part-cli", "resource": "all", "window": "1m"})
@@ -65,3 +67,56 @@ def test_every_hook_present_reports_nothing_unavailable():
         assert "unavailable" not in stats
 
     run_with_server(body)
+
+
+def test_signal_groups_turned_off_are_not_attached_and_answers_say_so():
+    """`--without syscalls,block`, for a host where the per-syscall hook costs too much: those
+    hooks are not attached at all (the metrics endpoint lists every attached program), the rest
+    collect as usual, and answers name what is not collected and why."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        mport = sock.getsockname()[1]
+    closed_port = 47153
+
+    async def body(s):
+        health = json.loads((await s.read_resource("bpfsight://health")).contents[0].text)
+        gone = {u["program"]: u["reason"] for u in health["unavailable"]}
+        assert gone == {
+            "sys_exit": "turned off by --without syscalls",
+            "sys_enter_slow": "turned off by --without syscalls",
+            "block_rq_issue": "turned off by --without block",
+            "block_rq_complete": "turned off by --without block",
+        }, gone
+
+        failing = Workload("enoent", "without-enoent", 0, count=3000)
+        refused = Workload("refused", "without-refuse", closed_port, count=4)
+        await anyio.to_thread.run_sync(failing.wait)
+        await anyio.to_thread.run_sync(refused.wait)
+        await settle()
+
+        errors = await call(s, "get_service_errors", {"window": "1m", "limit": 500})
+        rows = {r["service"]: r for r in errors["services"]}
+        # TCP is still collected; the failing opens are not, and the answer says so.
+        assert rows["without-refuse"]["failed_connects"] == 4, rows.get("without-refuse")
+        assert "without-enoent" not in rows or not rows["without-enoent"]["syscall_errors"], rows["without-enoent"]
+        assert "failed syscalls, and the latency of timed syscalls" in errors["unavailable"], errors
+        res = await s.call_tool("get_service_errors", {"window": "1m"})
+        assert "Not collected here: " in res.content[0].text, res.content[0].text
+
+        metrics = await anyio.to_thread.run_sync(
+            lambda: urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=10).read().decode()
+        )
+        attached = set(re.findall(r'bpfsight_bpf_program_runs_total\{program="(\w+)"\}', metrics))
+        assert {"inet_sock_set_state", "sock_send_length", "sched_switch", "mark_victim"} <= attached, attached
+        assert not attached & {"sys_exit", "sys_enter_slow", "block_rq_issue", "block_rq_complete"}, attached
+
+    run_with_server(body, args=("serve", "--without", "syscalls,block", "--metrics", f"127.0.0.1:{mport}"))
+
+
+def test_an_unknown_signal_group_is_refused_with_the_names_there_are():
+    out = subprocess.run([bpfsight_bin(), "serve", "--without", "syscals"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2, out
+    assert '"syscals" is not a signal group; the groups are tcp, tcp-sends, scheduler, process, memory, oom, block, syscalls' in out.stderr, out.stderr

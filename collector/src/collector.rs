@@ -14,6 +14,7 @@ use crate::error::CollectorError;
 use crate::host::{Histogram, HostCounters};
 use crate::journal::JournalWriter;
 use crate::loader::{HostSnapshot, KernelCounters, ProgramSet, ProgramStats, Programs};
+use crate::plan::SignalGroup;
 use crate::service::{IdentitySource, Pid, Resolver, ServiceId};
 use crate::store::{Event, EventDetail, EventKind, Store};
 use crate::tcp::{Peer, TcpCounters};
@@ -38,6 +39,8 @@ pub struct CollectorConfig {
     pub poll_interval: Duration,
     /// Which programs to attach (benchmarks add or substitute trivial baselines).
     pub programs: ProgramSet,
+    /// Signal groups not to collect: their programs are not attached (eBPF source only).
+    pub without: Vec<SignalGroup>,
     /// Also write every change to the store to this recording (see [`crate::journal`]).
     pub record: Option<std::path::PathBuf>,
 }
@@ -48,6 +51,7 @@ impl Default for CollectorConfig {
             backend: Backend::Ebpf,
             poll_interval: Duration::from_secs(1),
             programs: ProgramSet::All,
+            without: Vec::new(),
             record: None,
         }
     }
@@ -83,7 +87,7 @@ impl Collector {
         kernel::check_privileges()?;
         let tracefs = kernel::ensure_mounts()?;
         kernel::raise_memlock();
-        let mut programs = Programs::load(config.programs, &tracefs)?;
+        let mut programs = Programs::load(config.programs, &config.without, &tracefs)?;
         // After attaching, so a listener opened meanwhile is seen by one side or the other.
         let listeners = crate::preexisting::listeners();
         tracing::debug!(count = listeners.len(), "pre-existing TCP listeners");
@@ -127,7 +131,7 @@ impl Collector {
             .name("bpfsight-collector".into())
             .spawn(move || poller.run(&stop2))
             .map_err(|source| CollectorError::Io { path: "thread".into(), source })?;
-        tracing::info!(programs = ?config.programs, "collector started");
+        tracing::info!(programs = ?config.programs, without = ?config.without, "collector started");
         Ok(Collector { store, stop, thread: Some(thread), program_stats })
     }
 

@@ -18,7 +18,7 @@ use bpfsight_common::{
 
 use crate::btf::Btf;
 use crate::error::CollectorError;
-use crate::plan::{self, UnavailableSignal};
+use crate::plan::{self, SignalGroup, UnavailableSignal};
 use crate::send_slots::SendSlots;
 use crate::tcp::TcpCounters;
 
@@ -254,7 +254,8 @@ impl Programs {
     /// record differs is left out, with the programs that need it (see [`crate::plan`]), and
     /// [`Programs::unavailable`] says what is lost. Only when nothing is left is the kernel
     /// reported as [`CollectorError::Unsupported`], so `--source auto` falls back to /proc.
-    pub fn load(set: ProgramSet, tracefs: &Path) -> Result<Self, CollectorError> {
+    /// Programs of a group in `without` are left out the same way, their reason saying so.
+    pub fn load(set: ProgramSet, without: &[SignalGroup], tracefs: &Path) -> Result<Self, CollectorError> {
         let wanted: Vec<programs::Program> = match set {
             ProgramSet::All => [programs::TCP, programs::HOST].concat(),
             ProgramSet::AllWithBaseline => [
@@ -274,7 +275,7 @@ impl Programs {
                 hint: format!("{e}; bpfsight needs a kernel built with CONFIG_DEBUG_INFO_BTF=y"),
             })?;
             let mut first_error = None;
-            let plan = plan::plan(&wanted, &plan::hidden_hooks(), |hook| {
+            let plan = plan::plan(&wanted, without, &plan::hidden_hooks(), |hook| {
                 let checked = check_hook(hook, tracefs, &btf).and_then(|()| match hook {
                     Hook::Tracepoint(cat, event) => crate::kernel::check_layout(tracefs, cat, event),
                     Hook::BtfTracepoint(_) | Hook::RawTracepoint(_) => Ok(()),
@@ -294,11 +295,11 @@ impl Programs {
             if plan.attach.is_empty() {
                 return Err(first_error.unwrap_or_else(|| CollectorError::Unsupported {
                     what: "every hook".into(),
-                    hint: format!("all are hidden by {}", plan::HIDE_HOOKS_ENV),
+                    hint: format!("all are turned off (--without) or hidden by {}", plan::HIDE_HOOKS_ENV),
                 }));
             }
             for u in &plan.unavailable {
-                tracing::warn!(signal = %u.signal, program = %u.program, reason = %u.reason, "not collected on this kernel");
+                tracing::warn!(signal = %u.signal, program = %u.program, reason = %u.reason, "not collected");
             }
             (KernelLayout::from_btf(&btf)?, plan)
         };

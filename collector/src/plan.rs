@@ -15,6 +15,74 @@ use serde::{Deserialize, Serialize};
 /// or a bare event name): how bpfsight behaves on a kernel without them, seen on this one.
 pub const HIDE_HOOKS_ENV: &str = "BPFSIGHT_HIDE_HOOKS";
 
+/// A family of signals a user can turn off (`bpfsight serve --without syscalls`), for a host
+/// where its hooks cost more than its answers are worth: the per-syscall hook, for one, puts
+/// every syscall on the machine on the kernel's slower traced path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SignalGroup {
+    /// Every TCP program: connections, retransmits, resets, sends.
+    Tcp,
+    /// Only the per-send counting (`sock_send_length`, on every `sendmsg`).
+    TcpSends,
+    /// Run-queue latency, on-CPU time and context switches, and with them what the scheduler
+    /// hook files: execs, exits and page allocations.
+    Scheduler,
+    /// Execs and exits.
+    Process,
+    /// Page allocations.
+    Memory,
+    /// OOM kills.
+    Oom,
+    /// Block IO.
+    Block,
+    /// Failed syscalls and the latency of timed syscalls.
+    Syscalls,
+}
+
+impl SignalGroup {
+    /// Every group, in the order help texts list them.
+    pub const ALL: [SignalGroup; 8] = [
+        SignalGroup::Tcp,
+        SignalGroup::TcpSends,
+        SignalGroup::Scheduler,
+        SignalGroup::Process,
+        SignalGroup::Memory,
+        SignalGroup::Oom,
+        SignalGroup::Block,
+        SignalGroup::Syscalls,
+    ];
+
+    /// The name users write.
+    pub fn name(self) -> &'static str {
+        match self {
+            SignalGroup::Tcp => "tcp",
+            SignalGroup::TcpSends => "tcp-sends",
+            SignalGroup::Scheduler => "scheduler",
+            SignalGroup::Process => "process",
+            SignalGroup::Memory => "memory",
+            SignalGroup::Oom => "oom",
+            SignalGroup::Block => "block",
+            SignalGroup::Syscalls => "syscalls",
+        }
+    }
+
+    /// Parses a name users write; the error lists the names there are.
+    pub fn parse(s: &str) -> Result<SignalGroup, String> {
+        let s = s.trim();
+        SignalGroup::ALL.into_iter().find(|g| g.name() == s).ok_or_else(|| {
+            let names: Vec<&str> = SignalGroup::ALL.iter().map(|g| g.name()).collect();
+            format!("{s:?} is not a signal group; the groups are {}", names.join(", "))
+        })
+    }
+}
+
+impl std::fmt::Display for SignalGroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// A signal bpfsight cannot collect on this kernel.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UnavailableSignal {
@@ -31,48 +99,82 @@ struct Role {
     program: &'static str,
     signal: &'static str,
     needs: &'static [&'static str],
+    /// The groups whose `--without` turns the program off.
+    groups: &'static [SignalGroup],
 }
+
+use SignalGroup as G;
 
 const ROLES: &[Role] = &[
     Role {
         program: "inet_sock_set_state",
         signal: "TCP connections (opened, closed, failed connects, durations, handshake latency) and the owner of new sockets",
         needs: &[],
+        groups: &[G::Tcp],
     },
-    Role { program: "tcp_retransmit_skb", signal: "TCP retransmits", needs: &[] },
-    Role { program: "tcp_receive_reset", signal: "TCP resets received", needs: &[] },
-    Role { program: "tcp_send_reset", signal: "TCP resets sent", needs: &[] },
-    Role { program: "tcp_destroy_sock", signal: "release of destroyed sockets", needs: &[] },
+    Role { program: "tcp_retransmit_skb", signal: "TCP retransmits", needs: &[], groups: &[G::Tcp] },
+    Role { program: "tcp_receive_reset", signal: "TCP resets received", needs: &[], groups: &[G::Tcp] },
+    Role { program: "tcp_send_reset", signal: "TCP resets sent", needs: &[], groups: &[G::Tcp] },
+    Role {
+        program: "tcp_destroy_sock",
+        signal: "release of destroyed sockets",
+        needs: &[],
+        groups: &[G::Tcp],
+    },
     // User space learns that a socket is gone, and frees its send counters, from the socket
     // table that tcp_destroy_sock clears.
-    Role { program: "sock_send_length", signal: "TCP sends and bytes sent", needs: &["tcp_destroy_sock"] },
+    Role {
+        program: "sock_send_length",
+        signal: "TCP sends and bytes sent",
+        needs: &["tcp_destroy_sock"],
+        groups: &[G::Tcp, G::TcpSends],
+    },
     Role {
         program: "sched_switch",
         signal: "run-queue latency, on-CPU time and context switches",
         needs: &[],
+        groups: &[G::Scheduler],
     },
     // These three mark the thread's slot; its next switch files them.
-    Role { program: "sched_process_exec", signal: "execs", needs: &["sched_switch"] },
+    Role { program: "sched_process_exec", signal: "execs", needs: &["sched_switch"], groups: &[G::Process] },
     Role {
         program: "sched_process_exit",
         signal: "process exits (failed, killed)",
         needs: &["sched_switch"],
+        groups: &[G::Process],
     },
-    Role { program: "mm_page_alloc", signal: "page allocations", needs: &["sched_switch"] },
-    Role { program: "mark_victim", signal: "OOM kills", needs: &[] },
+    Role {
+        program: "mm_page_alloc",
+        signal: "page allocations",
+        needs: &["sched_switch"],
+        groups: &[G::Memory],
+    },
+    Role { program: "mark_victim", signal: "OOM kills", needs: &[], groups: &[G::Oom] },
     Role {
         program: "block_rq_issue",
         signal: "block IO (bytes, operations, latency)",
         needs: &["block_rq_complete"],
+        groups: &[G::Block],
     },
     Role {
         program: "block_rq_complete",
         signal: "block IO (bytes, operations, latency)",
         needs: &["block_rq_issue"],
+        groups: &[G::Block],
     },
-    Role { program: "sys_exit", signal: "failed syscalls, and the latency of timed syscalls", needs: &[] },
+    Role {
+        program: "sys_exit",
+        signal: "failed syscalls, and the latency of timed syscalls",
+        needs: &[],
+        groups: &[G::Syscalls],
+    },
     // The entry stores the time; the exit hook takes it.
-    Role { program: "sys_enter_slow", signal: "latency of timed syscalls", needs: &["sys_exit"] },
+    Role {
+        program: "sys_enter_slow",
+        signal: "latency of timed syscalls",
+        needs: &["sys_exit"],
+        groups: &[G::Syscalls],
+    },
 ];
 
 /// The signal a program gives on `hook` (a timed syscall's entry names its call).
@@ -93,6 +195,13 @@ fn signal_of(p: &Program) -> String {
 
 fn needs_of(name: &str) -> &'static [&'static str] {
     ROLES.iter().find(|r| r.program == name).map_or(&[], |r| r.needs)
+}
+
+/// The first group in `without` that turns `p` (or the program a baseline stands in for) off.
+fn turned_off_by(p: &Program, without: &[SignalGroup]) -> Option<SignalGroup> {
+    let name = p.name.trim_start_matches("baseline_tp_").trim_start_matches("baseline_");
+    let role = ROLES.iter().find(|r| r.program == name)?;
+    role.groups.iter().copied().find(|g| without.contains(g))
 }
 
 /// Whether `hidden` (from [`HIDE_HOOKS_ENV`]) names `hook`.
@@ -123,11 +232,12 @@ pub struct Plan {
     pub unavailable: Vec<UnavailableSignal>,
 }
 
-/// Splits `wanted` into what attaches and what does not: a program whose hook `check` refuses
-/// (with the reason) or that is hidden is left out, and then, until nothing changes, every
-/// program that needs one left out on all its hooks.
+/// Splits `wanted` into what attaches and what does not: a program turned off by a group in
+/// `without`, hidden, or whose hook `check` refuses (with the reason) is left out, and then,
+/// until nothing changes, every program that needs one left out on all its hooks.
 pub fn plan(
     wanted: &[Program],
+    without: &[SignalGroup],
     hidden: &[String],
     mut check: impl FnMut(Hook) -> Result<(), String>,
 ) -> Plan {
@@ -140,7 +250,9 @@ pub fn plan(
         }
     };
     for p in wanted {
-        let verdict = if is_hidden(hidden, p.hook) {
+        let verdict = if let Some(g) = turned_off_by(p, without) {
+            Err(format!("turned off by --without {g}"))
+        } else if is_hidden(hidden, p.hook) {
             Err(format!("{} is hidden by {HIDE_HOOKS_ENV}", hook_name(p.hook)))
         } else {
             check(p.hook)
@@ -200,7 +312,7 @@ mod tests {
 
     #[test]
     fn a_kernel_with_every_hook_attaches_everything() {
-        let p = plan(&all(), &[], |_| Ok(()));
+        let p = plan(&all(), &[], &[], |_| Ok(()));
         assert_eq!(p.attach.len(), all().len());
         assert!(p.unavailable.is_empty());
     }
@@ -208,7 +320,7 @@ mod tests {
     #[test]
     fn a_missing_hook_leaves_out_its_program_and_those_that_need_it() {
         // Linux 6.1: no sock_send_length. And suppose no sched_switch BTF tracepoint either.
-        let p = plan(&all(), &[], |h| match h {
+        let p = plan(&all(), &[], &[], |h| match h {
             Hook::RawTracepoint("sock_send_length") | Hook::BtfTracepoint("sched_switch") => {
                 Err("not in this kernel".into())
             }
@@ -230,7 +342,7 @@ mod tests {
 
     #[test]
     fn one_missing_syscall_entry_loses_only_that_call() {
-        let p = plan(&all(), &[], |h| match h {
+        let p = plan(&all(), &[], &[], |h| match h {
             Hook::Tracepoint("syscalls", "sys_enter_sync_file_range") => Err("absent".into()),
             _ => Ok(()),
         });
@@ -238,9 +350,44 @@ mod tests {
         assert_eq!(p.unavailable[0].signal, "latency of sync_file_range");
         assert_eq!(p.attach.iter().filter(|q| q.name == "sys_enter_slow").count(), 5);
         // Without the exit hook, no entry is any use.
-        let p = plan(&all(), &["sys_exit".to_string()], |_| Ok(()));
+        let p = plan(&all(), &[], &["sys_exit".to_string()], |_| Ok(()));
         assert!(!p.attach.iter().any(|q| q.name == "sys_enter_slow" || q.name == "sys_exit"));
         assert!(p.unavailable[0].reason.contains("hidden by BPFSIGHT_HIDE_HOOKS"));
+    }
+
+    #[test]
+    fn a_group_turned_off_leaves_out_its_programs_and_those_that_need_them() {
+        let p = plan(&all(), &[SignalGroup::Syscalls, SignalGroup::Scheduler], &[], |_| Ok(()));
+        let out: Vec<&str> = p.unavailable.iter().map(|u| u.program.as_str()).collect();
+        for name in ["sys_exit", "sys_enter_slow", "sched_switch", "sched_process_exit", "mm_page_alloc"] {
+            assert!(out.contains(&name), "{name} not left out: {out:?}");
+            assert!(!p.attach.iter().any(|q| q.name == name), "{name} attached");
+        }
+        let exit = p.unavailable.iter().find(|u| u.program == "sys_exit").unwrap();
+        assert_eq!(exit.reason, "turned off by --without syscalls");
+        assert!(p.attach.iter().any(|q| q.name == "inet_sock_set_state"));
+        assert!(p.attach.iter().any(|q| q.name == "block_rq_issue"));
+
+        // tcp-sends is part of tcp; a baseline goes with the program it stands in for.
+        let set = [TCP, bpfsight_common::programs::BASELINE].concat();
+        let p = plan(&set, &[SignalGroup::TcpSends], &[], |_| Ok(()));
+        let attached: Vec<&str> = p.attach.iter().map(|q| q.name).collect();
+        assert!(!attached.contains(&"sock_send_length") && !attached.contains(&"baseline_sock_send_length"));
+        assert!(attached.contains(&"tcp_destroy_sock"));
+        let p = plan(&set, &[SignalGroup::Tcp], &[], |_| Ok(()));
+        assert!(p.attach.is_empty(), "{:?}", p.attach);
+    }
+
+    #[test]
+    fn group_names_parse_and_a_wrong_one_lists_them() {
+        for g in SignalGroup::ALL {
+            assert_eq!(SignalGroup::parse(g.name()), Ok(g));
+        }
+        let e = SignalGroup::parse("sycalls").unwrap_err();
+        assert_eq!(
+            e,
+            "\"sycalls\" is not a signal group; the groups are tcp, tcp-sends, scheduler, process, memory, oom, block, syscalls"
+        );
     }
 
     #[test]

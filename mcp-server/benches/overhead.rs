@@ -595,40 +595,59 @@ fn program_costs() {
     println!();
 }
 
+/// The configurations section 2 compares with bpfsight detached: all programs, fewer signal
+/// groups (`--without`), and trivial programs on the same hooks as each (the floor: what any
+/// program on those hooks costs).
+fn throughput_configs() -> Vec<(&'static str, CollectorConfig)> {
+    use bpfsight_collector::plan::SignalGroup as G;
+    let cfg = |programs, without: &[G]| CollectorConfig {
+        programs,
+        without: without.to_vec(),
+        ..Default::default()
+    };
+    let not_tcp = [G::Scheduler, G::Process, G::Memory, G::Oom, G::Block, G::Syscalls];
+    vec![
+        ("all programs", cfg(ProgramSet::All, &[])),
+        ("  trivial programs, same hooks", cfg(ProgramSet::BaselineOnly, &[])),
+        ("--without syscalls", cfg(ProgramSet::All, &[G::Syscalls])),
+        ("  trivial programs, same hooks", cfg(ProgramSet::BaselineOnly, &[G::Syscalls])),
+        ("TCP only", cfg(ProgramSet::All, &not_tcp)),
+        ("  trivial programs, same hooks", cfg(ProgramSet::BaselineOnly, &not_tcp)),
+    ]
+}
+
 fn throughput() {
     let stop = Arc::new(AtomicBool::new(false));
     let port = echo_server(stop.clone());
     let clients = 2;
     rpc_rate(port, clients, 1.0); // warm up
-    let (mut off, mut on, mut floor) = (Vec::new(), Vec::new(), Vec::new());
+    let configs = throughput_configs();
+    // Each configuration's round is compared with the detached round just before it: the VM's
+    // speed drifts by more than the effects measured here, and a pair shares the drift.
+    let mut off = Vec::new();
+    let mut on: Vec<Vec<(RpcRound, RpcRound)>> = configs.iter().map(|_| Vec::new()).collect();
     for _ in 0..ROUNDS {
-        off.push(rpc_round(port, clients, RPC_SECS));
-        let c = Collector::start(CollectorConfig::default()).expect("start collector");
-        on.push(rpc_round(port, clients, RPC_SECS));
-        drop(c);
-        let c =
-            Collector::start(CollectorConfig { programs: ProgramSet::BaselineOnly, ..Default::default() })
-                .expect("start baseline programs");
-        floor.push(rpc_round(port, clients, RPC_SECS));
-        drop(c);
+        for (i, (_, cfg)) in configs.iter().enumerate() {
+            let base = rpc_round(port, clients, RPC_SECS);
+            let c = Collector::start(cfg.clone()).expect("start collector");
+            let r = rpc_round(port, clients, RPC_SECS);
+            drop(c);
+            off.push(base.rate);
+            on[i].push((base, r));
+        }
     }
-    let rates = |v: &[RpcRound]| v.iter().map(|r| r.rate).collect::<Vec<_>>();
-    let cpus = |v: &[RpcRound]| v.iter().map(|r| r.cpu_ns_per_rt).collect::<Vec<_>>();
-    let (cpu_off, cpu_on, cpu_floor) = (cpus(&off), cpus(&on), cpus(&floor));
-    let (off, on, floor) = (rates(&off), rates(&on), rates(&floor));
     // A low-noise view of the same cost: the CPU time the programs themselves used during an
-    // attached round, as a share of the machine (bpf_stats adds its own timing overhead, so
-    // this errs high).
-    let share = {
+    // attached round, per round trip (bpf_stats adds its own timing to every run, so this errs
+    // high: it is an upper bound of the programs' own cost).
+    let program_time = |cfg: &CollectorConfig| {
         let _stats = enable_bpf_stats().expect("enable BPF statistics");
-        let c = Collector::start(CollectorConfig::default()).expect("start collector");
+        let c = Collector::start(cfg.clone()).expect("start collector");
         std::thread::sleep(Duration::from_millis(1100));
         let before = c.program_stats();
-        let t = Instant::now();
-        let rts = rpc_rate(port, clients, RPC_SECS) * RPC_SECS;
+        let round = rpc_round(port, clients, RPC_SECS);
+        let rts = round.rate * RPC_SECS;
         std::thread::sleep(Duration::from_millis(1100));
         let after = c.program_stats();
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
         // Per program: runs and nanoseconds per round trip, busiest first.
         let mut per_rt: Vec<(String, f64, f64)> = after
             .iter()
@@ -641,43 +660,48 @@ fn throughput() {
             })
             .collect();
         per_rt.sort_by(|x, y| y.2.total_cmp(&x.2));
-        let total: f64 = per_rt.iter().map(|p| p.2).sum::<f64>() * rts;
-        (total / (t.elapsed().as_nanos() as f64 * cores), per_rt)
+        let ns: f64 = per_rt.iter().map(|p| p.2).sum();
+        (ns, round.cpu_ns_per_rt, per_rt)
     };
-    let (share, per_rt) = share;
-    let (off_m, on_m, floor_m) = (median(off.clone()), median(on.clone()), median(floor.clone()));
     println!(
-        "2. Loopback 64-byte request/response, {clients} clients, {ROUNDS} interleaved rounds of {RPC_SECS} s (medians)"
-    );
-    println!("   detached:                {off_m:>10.0} round trips/s (rounds: {})", fmt_list(&off));
-    println!("   bpfsight attached:       {on_m:>10.0} round trips/s (rounds: {})", fmt_list(&on));
-    println!("   trivial programs only:   {floor_m:>10.0} round trips/s (rounds: {})", fmt_list(&floor));
-    println!(
-        "   ratio attached/detached: {:.4} (cost {:+.2} %); trivial-programs floor: {:+.2} %\n",
-        on_m / off_m,
-        100.0 * (1.0 - on_m / off_m),
-        100.0 * (1.0 - floor_m / off_m)
-    );
-    let (c_off, c_on, c_floor) = (median(cpu_off.clone()), median(cpu_on.clone()), median(cpu_floor.clone()));
-    println!("   CPU time per round trip (this process, all threads; medians):");
-    println!(
-        "   detached {c_off:.0} ns ({}), attached {c_on:.0} ns ({}), trivial programs only {c_floor:.0} ns ({})",
-        fmt_list(&cpu_off),
-        fmt_list(&cpu_on),
-        fmt_list(&cpu_floor)
+        "2. Loopback 64-byte request/response, {clients} clients, {ROUNDS} rounds of {RPC_SECS} s per configuration, \
+         each next to a detached round (medians of the pairs)"
     );
     println!(
-        "   attached {:+.2} %, trivial-programs floor {:+.2} %",
-        100.0 * (c_on / c_off - 1.0),
-        100.0 * (c_floor / c_off - 1.0)
+        "   detached: {:.0} round trips/s (median of {} rounds, {:.0}-{:.0})",
+        median(off.clone()),
+        off.len(),
+        off.iter().copied().fold(f64::INFINITY, f64::min),
+        off.iter().copied().fold(0.0, f64::max)
+    );
+    println!("   {:<32} {:>12} {:>14}  throughput cost per round", "attached", "throughput", "CPU per trip");
+    for ((name, _), pairs) in configs.iter().zip(&on) {
+        let cost: Vec<f64> = pairs.iter().map(|(b, r)| 100.0 * (1.0 - r.rate / b.rate)).collect();
+        let cpu: Vec<f64> =
+            pairs.iter().map(|(b, r)| 100.0 * (r.cpu_ns_per_rt / b.cpu_ns_per_rt - 1.0)).collect();
+        let each = cost.iter().map(|x| format!("{x:+.1}")).collect::<Vec<_>>().join(" ");
+        println!("   {name:<32} {:>+10.2} % {:>+12.2} %  {each}", median(cost.clone()), median(cpu.clone()));
+    }
+    println!(
+        "   (cost: the share of round trips lost, and the extra CPU time per round trip of this process, all threads)"
     );
     println!(
-        "   CPU time in bpfsight's programs during an attached round (bpf_stats on): {:.2} % of the machine",
-        100.0 * share
+        "   In-kernel time of the programs per round trip (bpf_stats on, an upper bound), of the CPU time per round trip:"
     );
-    let busiest: Vec<String> =
-        per_rt.iter().take(4).map(|(n, runs, ns)| format!("{n} {runs:.1} runs {ns:.0} ns")).collect();
-    println!("   per round trip: {}\n", busiest.join(", "));
+    for (name, cfg) in configs.iter().filter(|(_, c)| c.programs == ProgramSet::All) {
+        let (ns, cpu, per_rt) = program_time(cfg);
+        let busiest: Vec<String> = per_rt
+            .iter()
+            .take(4)
+            .map(|(n, runs, ns)| format!("{n} {runs:.1} x {:.0} ns", ns / runs))
+            .collect();
+        println!(
+            "   {name:<22} {ns:>5.0} ns of {cpu:>6.0} ns = {:.2} %  ({})",
+            100.0 * ns / cpu,
+            busiest.join(", ")
+        );
+    }
+    println!();
     stop.store(true, Ordering::Relaxed);
 }
 

@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use bpfsight_collector::plan::SignalGroup;
+
 use crate::redact::Treatment;
 
 /// Where the config file is looked for when neither `--config` nor `BPFSIGHT_CONFIG` names one.
@@ -30,6 +32,8 @@ pub struct FileConfig {
     pub deny_tools: Option<Vec<String>>,
     /// Longest a tool call may run, seconds.
     pub call_timeout_secs: Option<u64>,
+    /// Signal groups not to collect, e.g. `["syscalls"]`.
+    pub without: Option<Vec<SignalGroup>>,
     /// `[http]`
     #[serde(default)]
     pub http: HttpFile,
@@ -145,6 +149,8 @@ pub struct Settings {
     pub deny_tools: Vec<String>,
     /// Longest a tool call may run, seconds.
     pub call_timeout_secs: u64,
+    /// Signal groups not collected (their hooks are not attached).
+    pub without: Vec<SignalGroup>,
     /// HTTP settings; `listen` None means stdio.
     pub http: HttpSettings,
     /// Redaction policy.

@@ -17,6 +17,7 @@ use bpfsight::http::HttpConfig;
 use bpfsight::redact::{Redactor, Treatment};
 use bpfsight::{BpfsightServer, Policy};
 use bpfsight_casebase::{CaseBase, Embedder, Error as CaseBaseError, RemoteApi, RemoteEmbedder};
+use bpfsight_collector::plan::SignalGroup;
 use bpfsight_collector::{Backend, Collector, CollectorConfig, CollectorError, Store, Window};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use rmcp::ServiceExt;
@@ -135,6 +136,9 @@ struct RecordArgs {
     /// How long to record, e.g. "30s", "10m" (Ctrl-C stops earlier and keeps what was recorded).
     #[arg(long, default_value = "1m")]
     duration: String,
+    /// Signal groups not to collect (as for `serve`).
+    #[arg(long, env = "BPFSIGHT_WITHOUT", value_delimiter = ',', value_parser = SignalGroup::parse)]
+    without: Vec<SignalGroup>,
 }
 
 /// Where the data tools answer from.
@@ -169,9 +173,16 @@ enum Data {
 }
 
 impl Data {
-    fn open(source: &Source, record: Option<PathBuf>) -> anyhow::Result<Data> {
-        let live =
-            |backend| CollectorConfig { backend, record: record.clone(), ..CollectorConfig::default() };
+    fn open(source: &Source, without: &[SignalGroup], record: Option<PathBuf>) -> anyhow::Result<Data> {
+        let live = |backend| CollectorConfig {
+            backend,
+            record: record.clone(),
+            without: without.to_vec(),
+            ..CollectorConfig::default()
+        };
+        if !without.is_empty() && matches!(source, Source::Procfs | Source::Replay(_)) {
+            tracing::warn!("--without chooses eBPF hooks; it changes nothing for /proc or a recording");
+        }
         match source {
             Source::Ebpf => {
                 Ok(Data::Live(Collector::start(live(Backend::Ebpf)).context("starting the eBPF collector")?))
@@ -275,6 +286,12 @@ struct CommonArgs {
     /// ebpf, procfs, or replay:FILE (a recording).
     #[arg(long, env = "BPFSIGHT_SOURCE", value_parser = parse_source, default_value = "auto")]
     source: Source,
+    /// Signal groups not to collect, comma-separated: tcp, tcp-sends, scheduler, process,
+    /// memory, oom, block, syscalls. Their hooks are not attached (on a syscall-heavy host,
+    /// `syscalls` spares every syscall the kernel's traced path), and answers list what is
+    /// not collected.
+    #[arg(long, env = "BPFSIGHT_WITHOUT", value_delimiter = ',', value_parser = SignalGroup::parse)]
+    without: Vec<SignalGroup>,
 }
 
 #[derive(Args, Clone)]
@@ -440,6 +457,11 @@ fn settings(serve: Option<&ServeArgs>, common: &CommonArgs) -> anyhow::Result<Se
         tools: common.tools.clone().or(f.tools),
         deny_tools: common.deny_tools.clone().or(f.deny_tools).unwrap_or_default(),
         call_timeout_secs: s.and_then(|s| s.call_timeout_secs).or(f.call_timeout_secs).unwrap_or(10),
+        without: if common.without.is_empty() {
+            f.without.unwrap_or_default()
+        } else {
+            common.without.clone()
+        },
         http: HttpSettings {
             listen: s.and_then(|s| s.http).or(f.http.listen),
             tokens_file,
@@ -632,7 +654,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
-    let data = Data::open(&a.common.source, a.record.clone())?;
+    let data = Data::open(&a.common.source, &s.without, a.record.clone())?;
     let casebase = open_casebase(&s).await?;
     let predictor = start_predictor(&s, &data, &a.train_after, &a.retrain_every)?;
     let server =
@@ -687,7 +709,11 @@ fn start_predictor(
 
 async fn record(a: RecordArgs) -> anyhow::Result<ExitCode> {
     let duration: Window = a.duration.parse().map_err(|e| anyhow::anyhow!("--duration: {e}"))?;
-    let config = CollectorConfig { record: Some(a.out.clone()), ..CollectorConfig::default() };
+    let config = CollectorConfig {
+        record: Some(a.out.clone()),
+        without: a.without.clone(),
+        ..CollectorConfig::default()
+    };
     let collector = Collector::start(config).context("starting the eBPF collector")?;
     tracing::info!(path = %a.out.display(), duration = %duration, "recording");
     tokio::select! {
@@ -737,7 +763,7 @@ async fn call(a: CallArgs) -> anyhow::Result<ExitCode> {
     let collect: Window = a.collect.parse().map_err(|e| anyhow::anyhow!("--collect: {e}"))?;
     let s = settings(None, &a.common)?;
     let policy = policy_from(&s)?; // refuse a bad policy before collecting
-    let data = Data::open(&a.common.source, None)?;
+    let data = Data::open(&a.common.source, &s.without, None)?;
     let casebase = open_casebase(&s).await?;
     // The saved model answers at once; a short collect is too short to train one.
     let predictor = start_predictor(&s, &data, "7d", "7d")?;

@@ -3,11 +3,11 @@
 use bpfsight_collector::host_query::{EventPage, LatencyReport, ResourceUsage};
 use bpfsight_collector::query::{ConnectionReport, ErrorReport, ServiceList};
 
-/// `text`, then the signals this kernel cannot give, so a reader of the text alone does not
-/// take their zeros for data.
+/// `text`, then the signals not collected here (missing on this kernel, or turned off with
+/// `--without`), so a reader of the text alone does not take their zeros for data.
 pub(crate) fn noting_unavailable(mut text: String, unavailable: &[String]) -> String {
     if !unavailable.is_empty() {
-        text += &format!(" (Not collected on this kernel: {}.)", unavailable.join("; "));
+        text += &format!(" (Not collected here: {}.)", unavailable.join("; "));
     }
     text
 }
