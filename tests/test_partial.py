@@ -120,3 +120,13 @@ def test_an_unknown_signal_group_is_refused_with_the_names_there_are():
     out = subprocess.run([bpfsight_bin(), "serve", "--without", "syscals"], capture_output=True, text=True, timeout=30)
     assert out.returncode == 2, out
     assert '"syscals" is not a signal group; the groups are tcp, tcp-sends, scheduler, process, memory, oom, block, syscalls' in out.stderr, out.stderr
+
+
+def test_turning_every_group_off_is_an_error_that_says_so():
+    every = "tcp,scheduler,process,memory,oom,block,syscalls"
+    out = subprocess.run(
+        [bpfsight_bin(), "call", "list_services", "--source", "ebpf", "--without", every, "--collect", "1s"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert out.returncode == 1, out
+    assert "every program is turned off (--without)" in out.stderr and "leave at least one signal group on" in out.stderr, out.stderr

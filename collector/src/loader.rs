@@ -294,8 +294,11 @@ impl Programs {
             });
             if plan.attach.is_empty() {
                 return Err(first_error.unwrap_or_else(|| CollectorError::Unsupported {
-                    what: "every hook".into(),
-                    hint: format!("all are turned off (--without) or hidden by {}", plan::HIDE_HOOKS_ENV),
+                    what: "eBPF collection".into(),
+                    hint: format!(
+                        "every program is turned off (--without) or hidden ({}); leave at least one signal group on",
+                        plan::HIDE_HOOKS_ENV
+                    ),
                 }));
             }
             for u in &plan.unavailable {

@@ -177,6 +177,12 @@ const ROLES: &[Role] = &[
     },
 ];
 
+/// The program a benchmark baseline (`baseline_NAME`, `baseline_tp_NAME`) stands in for; a real
+/// program stands for itself.
+fn stands_for(name: &str) -> &str {
+    name.trim_start_matches("baseline_tp_").trim_start_matches("baseline_")
+}
+
 /// The signal a program gives on `hook` (a timed syscall's entry names its call).
 fn signal_of(p: &Program) -> String {
     match (p.name, p.hook) {
@@ -184,7 +190,7 @@ fn signal_of(p: &Program) -> String {
             format!("latency of {}", event.trim_start_matches("sys_enter_"))
         }
         (name, _) => {
-            let name = name.trim_start_matches("baseline_tp_").trim_start_matches("baseline_");
+            let name = stands_for(name);
             ROLES
                 .iter()
                 .find(|r| r.program == name)
@@ -199,8 +205,7 @@ fn needs_of(name: &str) -> &'static [&'static str] {
 
 /// The first group in `without` that turns `p` (or the program a baseline stands in for) off.
 fn turned_off_by(p: &Program, without: &[SignalGroup]) -> Option<SignalGroup> {
-    let name = p.name.trim_start_matches("baseline_tp_").trim_start_matches("baseline_");
-    let role = ROLES.iter().find(|r| r.program == name)?;
+    let role = ROLES.iter().find(|r| r.program == stands_for(p.name))?;
     role.groups.iter().copied().find(|g| without.contains(g))
 }
 
@@ -265,9 +270,8 @@ pub fn plan(
     loop {
         let attached = |name: &str| out.attach.iter().any(|p| p.name == name);
         let Some(i) = out.attach.iter().position(|p| {
-            let base = p.name.trim_start_matches("baseline_");
             // Baselines count events; they need nothing else.
-            base == p.name && needs_of(p.name).iter().any(|n| !attached(n))
+            stands_for(p.name) == p.name && needs_of(p.name).iter().any(|n| !attached(n))
         }) else {
             break;
         };
