@@ -263,6 +263,7 @@ impl Programs {
                 programs::HOST,
                 programs::BASELINE,
                 programs::HOST_BASELINE,
+                programs::COST_PROBES,
                 &[programs::CLASSIC_SEND_FLOOR],
             ]
             .concat(),
@@ -331,6 +332,11 @@ impl Programs {
             .map_max_entries(maps::THREADS, thread_slots)
             .map_max_entries(maps::SYSCALL_START, thread_slots)
             .map_max_entries(maps::SEND_SLOTS, send_slots as u32)
+            // Benchmark-only memory, 64 KiB per CPU with the probes, 64 bytes without.
+            .map_max_entries(
+                maps::PROBE_LOG,
+                if set == ProgramSet::AllWithBaseline { maps::PROBE_LOG_ENTRIES } else { 1 },
+            )
             .load(OBJECT)
             .map_err(|e| CollectorError::load("object", e))?;
         let stale = |what: String| CollectorError::Unsupported {

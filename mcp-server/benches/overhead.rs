@@ -581,6 +581,24 @@ fn program_costs() {
             median(ratios.clone())
         );
     }
+    // The parts of a program's work, one by one, on the TCP state hook.
+    let base = "baseline_inet_sock_set_state";
+    let ratio = |name: &str| {
+        median(per_round.iter().filter_map(|r| Some(mean_in(r, name)? / mean_in(r, base)?)).collect())
+    };
+    let clock_ns = median(
+        per_round
+            .iter()
+            .filter_map(|r| Some(mean_in(r, "probe_copy_owner_clock")? - mean_in(r, "probe_copy_owner")?))
+            .collect(),
+    );
+    println!(
+        "   cost probes on inet_sock_set_state, next to its trivial program: copy the transition's fields {:.2}x, \
+         and who runs {:.2}x, and one clock read {:.2}x (a clock read: {clock_ns:.0} ns)",
+        ratio("probe_copy"),
+        ratio("probe_copy_owner"),
+        ratio("probe_copy_owner_clock"),
+    );
     let floor = "baseline_tp_sock_send_length";
     let floor_ns = median(per_round.iter().filter_map(|r| mean_in(r, floor)).collect());
     let floor_runs: u64 = per_round.iter().filter_map(|r| r.get(floor)).map(|r| r.0).sum();

@@ -35,6 +35,11 @@ pub mod maps {
     pub const COUNTERS: &str = "COUNTERS";
     /// `PERCPU_ARRAY<u64>`: one slot per trivial baseline program (benchmarks only).
     pub const BASELINE: &str = "BASELINE";
+    /// `PERCPU_ARRAY` the cost probes write to (benchmarks only: the loader shrinks it to one
+    /// entry otherwise).
+    pub const PROBE_LOG: &str = "PROBE_LOG";
+    /// Entries of `PROBE_LOG` per CPU when the cost probes run.
+    pub const PROBE_LOG_ENTRIES: u32 = 1024;
     /// `PERCPU_HASH<Owner, ProcStats>`: scheduler, memory and process-life counters.
     pub const PROC_STATS: &str = "PROC_STATS";
     /// `PERCPU_HASH<IoKey, IoStats>`: block IO per process and device.
@@ -148,6 +153,14 @@ pub mod programs {
         tp("baseline_tcp_send_reset", "tcp", "tcp_send_reset"),
         tp("baseline_tcp_destroy_sock", "tcp", "tcp_destroy_sock"),
         raw("baseline_sock_send_length", "sock_send_length"),
+    ];
+
+    /// Cost probes on the TCP state hook (benchmark): copy a transition's fields; also who
+    /// runs; also one clock read. Each step's cost over the one before is that part's cost.
+    pub const COST_PROBES: &[Program] = &[
+        tp("probe_copy", "sock", "inet_sock_set_state"),
+        tp("probe_copy_owner", "sock", "inet_sock_set_state"),
+        tp("probe_copy_owner_clock", "sock", "inet_sock_set_state"),
     ];
 
     /// A trivial classic-tracepoint program on the send hook: what the send path would cost
