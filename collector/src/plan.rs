@@ -18,8 +18,11 @@ pub const HIDE_HOOKS_ENV: &str = "BPFSIGHT_HIDE_HOOKS";
 /// A family of signals a user can turn off (`bpfsight serve --without syscalls`), for a host
 /// where its hooks cost more than its answers are worth: the per-syscall hook, for one, puts
 /// every syscall on the machine on the kernel's slower traced path.
+///
+/// (De)serialised by [`SignalGroup::name`] and [`SignalGroup::parse`], so a config file and the
+/// command line accept the same names and refuse a wrong one with the same message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[serde(try_from = "String", into = "&'static str")]
 pub enum SignalGroup {
     /// Every TCP program: connections, retransmits, resets, sends.
     Tcp,
@@ -74,6 +77,20 @@ impl SignalGroup {
             let names: Vec<&str> = SignalGroup::ALL.iter().map(|g| g.name()).collect();
             format!("{s:?} is not a signal group; the groups are {}", names.join(", "))
         })
+    }
+}
+
+impl TryFrom<String> for SignalGroup {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        SignalGroup::parse(&s)
+    }
+}
+
+impl From<SignalGroup> for &'static str {
+    fn from(g: SignalGroup) -> Self {
+        g.name()
     }
 }
 
@@ -387,6 +404,11 @@ mod tests {
         for g in SignalGroup::ALL {
             assert_eq!(SignalGroup::parse(g.name()), Ok(g));
         }
+        // Config files read the same names, and refuse with the same message.
+        assert_eq!(serde_json::to_string(&SignalGroup::TcpSends).unwrap(), "\"tcp-sends\"");
+        assert_eq!(serde_json::from_str::<SignalGroup>("\"tcp-sends\"").unwrap(), SignalGroup::TcpSends);
+        let e = serde_json::from_str::<SignalGroup>("\"sycalls\"").unwrap_err().to_string();
+        assert!(e.contains("\"sycalls\" is not a signal group; the groups are tcp,"), "{e}");
         let e = SignalGroup::parse("sycalls").unwrap_err();
         assert_eq!(
             e,

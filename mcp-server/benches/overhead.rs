@@ -623,7 +623,7 @@ fn throughput_configs() -> Vec<(&'static str, CollectorConfig)> {
         without: without.to_vec(),
         ..Default::default()
     };
-    let not_tcp = [G::Scheduler, G::Process, G::Memory, G::Oom, G::Block, G::Syscalls];
+    let not_tcp: Vec<G> = G::ALL.into_iter().filter(|g| !matches!(g, G::Tcp | G::TcpSends)).collect();
     vec![
         ("all programs", cfg(ProgramSet::All, &[])),
         ("  trivial programs, same hooks", cfg(ProgramSet::BaselineOnly, &[])),

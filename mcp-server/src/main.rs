@@ -136,9 +136,8 @@ struct RecordArgs {
     /// How long to record, e.g. "30s", "10m" (Ctrl-C stops earlier and keeps what was recorded).
     #[arg(long, default_value = "1m")]
     duration: String,
-    /// Signal groups not to collect (as for `serve`).
-    #[arg(long, env = "BPFSIGHT_WITHOUT", value_delimiter = ',', value_parser = SignalGroup::parse)]
-    without: Vec<SignalGroup>,
+    #[command(flatten)]
+    signals: SignalArgs,
 }
 
 /// Where the data tools answer from.
@@ -286,6 +285,13 @@ struct CommonArgs {
     /// ebpf, procfs, or replay:FILE (a recording).
     #[arg(long, env = "BPFSIGHT_SOURCE", value_parser = parse_source, default_value = "auto")]
     source: Source,
+    #[command(flatten)]
+    signals: SignalArgs,
+}
+
+/// Which signals the eBPF source collects (for every command that collects).
+#[derive(Args, Clone)]
+struct SignalArgs {
     /// Signal groups not to collect, comma-separated: tcp, tcp-sends, scheduler, process,
     /// memory, oom, block, syscalls. Their hooks are not attached (on a syscall-heavy host,
     /// `syscalls` spares every syscall the kernel's traced path), and answers list what is
@@ -457,10 +463,10 @@ fn settings(serve: Option<&ServeArgs>, common: &CommonArgs) -> anyhow::Result<Se
         tools: common.tools.clone().or(f.tools),
         deny_tools: common.deny_tools.clone().or(f.deny_tools).unwrap_or_default(),
         call_timeout_secs: s.and_then(|s| s.call_timeout_secs).or(f.call_timeout_secs).unwrap_or(10),
-        without: if common.without.is_empty() {
+        without: if common.signals.without.is_empty() {
             f.without.unwrap_or_default()
         } else {
-            common.without.clone()
+            common.signals.without.clone()
         },
         http: HttpSettings {
             listen: s.and_then(|s| s.http).or(f.http.listen),
@@ -711,7 +717,7 @@ async fn record(a: RecordArgs) -> anyhow::Result<ExitCode> {
     let duration: Window = a.duration.parse().map_err(|e| anyhow::anyhow!("--duration: {e}"))?;
     let config = CollectorConfig {
         record: Some(a.out.clone()),
-        without: a.without.clone(),
+        without: a.signals.without.clone(),
         ..CollectorConfig::default()
     };
     let collector = Collector::start(config).context("starting the eBPF collector")?;
