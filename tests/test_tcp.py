@@ -191,6 +191,55 @@ def test_aborted_connections_show_resets_sent_and_received():
     run_with_server(body)
 
 
+def test_a_socket_that_connects_again_after_a_refusal_keeps_both_peers_apart():
+    """Each socket is refused by one port, then connects to another on the same socket within
+    the same second. The programs count a socket's events in its own slot, which user space
+    empties once a second; the second connect re-files the socket under the new peer, so the
+    refusal must first be filed under the old one, not carried over to the new."""
+    closed_port, port, count = 47113, 47114, 5
+
+    async def body(s):
+        srv = Workload("echo-server", "retry-srv", port, wait_ready=True, seconds=30)
+        try:
+            out = Workload("retry-connect", "retry-cli", closed_port, other_port=port, count=count).wait()
+            assert f"retried {count}" in out, out
+        finally:
+            srv.kill()
+        await settle()
+        row = (await call(s, "get_connection_stats", {"service": "retry-cli", "window": "1m"}))["services"][0]
+        assert row["failed_connects"] == count and row["opened_active"] == count, row
+        peers = {p["port"]: p for p in row["top_peers"]}
+        assert peers[closed_port]["failed_connects"] == count, row
+        assert peers[port]["failed_connects"] == 0, row
+        # One handshake time per successful connect, none for the refusals.
+        lat = await call(s, "get_high_latency_services", {"threshold_ms": 0, "kind": "connect", "window": "1m"})
+        mine = [r for r in lat["services"] if r["service"] == "retry-cli"]
+        assert mine and mine[0]["samples"] == count, lat
+        assert 0 < mine[0]["mean_ms"] < 100, mine
+
+    run_with_server(body)
+
+
+def test_connection_lifetimes_are_measured_on_both_ends():
+    """A connection held for 1.5 s has a mean lifetime of about 1.5 s for its client and for
+    the server that accepted it (the programs time connections by the socket's own clock)."""
+    port = 47115
+
+    async def body(s):
+        srv = Workload("echo-server", "life-srv", port, wait_ready=True, seconds=30)
+        try:
+            Workload("echo-client", "life-cli", port, seconds=1.5, size=10).wait()
+        finally:
+            srv.kill()
+        await settle()
+        for name in ("life-cli", "life-srv"):
+            row = (await call(s, "get_connection_stats", {"service": name, "window": "1m"}))["services"][0]
+            assert row["closed"] == 1, row
+            assert 1400 <= row["mean_connection_ms"] <= 2500, row
+
+    run_with_server(body)
+
+
 def test_list_services_shows_live_processes_and_filters():
     async def body(s):
         srv = Workload("echo-server", "listed-srv", 47111, wait_ready=True, seconds=20)

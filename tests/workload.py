@@ -113,6 +113,24 @@ def refused(a) -> None:
     print(f"refused {failed}", flush=True)
 
 
+def retry_connect(a) -> None:
+    """`count` times: one socket connects to `port`, where nobody listens, then, refused, the
+    same socket connects to `other_port` and exchanges one request (Linux lets a socket whose
+    connect failed connect again, as clients that try a list of addresses do)."""
+    done = 0
+    for _ in range(a.count):
+        c = socket.socket(family(a.host), socket.SOCK_STREAM)
+        try:
+            if c.connect_ex((a.host, a.port)) == 0:
+                raise SystemExit(f"port {a.port} accepted a connection")
+            c.connect((a.host, a.other_port))
+            request(c, b"r" * 10)
+            done += 1
+        finally:
+            c.close()
+    print(f"retried {done}", flush=True)
+
+
 def reset_server(a) -> None:
     """Accepts `count` connections, reads a request, then aborts each with a RST (SO_LINGER 0)."""
     s = listener(a)
@@ -200,6 +218,7 @@ ROLES = {
     "echo-client": echo_client,
     "many-clients": many_clients,
     "refused": refused,
+    "retry-connect": retry_connect,
     "reset-server": reset_server,
     "reset-client": reset_client,
 }
@@ -209,6 +228,7 @@ if __name__ == "__main__":
     p.add_argument("role", choices=sorted(ROLES))
     p.add_argument("--name", required=True)
     p.add_argument("--port", type=int, default=0)
+    p.add_argument("--other-port", "--other_port", dest="other_port", type=int, default=0)
     p.add_argument("--dir", default="/var/tmp")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--seconds", type=float, default=5.0)

@@ -7,7 +7,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bpfsight_common::{
-    ConnKey, Owner, ProcEvent, ProcEventKind, SockState, TcpEvent, TcpEventKind, sock_flags,
+    ConnKey, LatHist, Owner, ProcEvent, ProcEventKind, SockState, TcpEvent, TcpEventKind, sock_flags,
 };
 
 use crate::error::CollectorError;
@@ -121,6 +121,7 @@ impl Collector {
             prev_sends: HashMap::new(),
             sock_owner: HashMap::new(),
             prev_host: HostSnapshot::default(),
+            handshakes: HashMap::new(),
             host_last_change: HashMap::new(),
             journal,
             mono_to_unix_ns: unix_now().as_nanos() as i128 - monotonic_ns() as i128,
@@ -214,6 +215,8 @@ struct Poller {
     sock_owner: HashMap<u64, SockState>,
     /// Whole-host cumulative counters at the previous poll.
     prev_host: HostSnapshot,
+    /// Handshake times the last poll took from the socket table, for the host poll.
+    handshakes: HashMap<Owner, LatHist>,
     /// Poll second at which each process's host counters last changed.
     host_last_change: HashMap<Owner, u64>,
     /// Where changes are recorded, if anywhere.
@@ -397,6 +400,10 @@ impl Poller {
                 per_owner.entry(*k).or_default().connect.merge(&Histogram::delta(v, &prev));
             }
         }
+        // Handshakes counted in their sockets' ways, taken by this poll.
+        for (k, h) in std::mem::take(&mut self.handshakes) {
+            per_owner.entry(k).or_default().connect.merge(&Histogram::delta(&h, &LatHist::default()));
+        }
         let mut per_service: HashMap<ServiceId, (IdentitySource, Vec<Pid>, HostCounters)> = HashMap::new();
         for (owner, d) in per_owner {
             self.host_last_change.insert(owner, now);
@@ -456,7 +463,15 @@ impl Poller {
                 ));
             }
         }
+        // Events on tracked sockets, counted in their ways: deltas already.
+        let taken = self.programs.take_sock_counts();
+        self.handshakes = taken.handshakes;
+        for (k, d) in taken.tcp {
+            let (service, identity) = self.resolver.resolve(k.tgid, &k.comm);
+            deltas.push((service, identity, k.tgid, Peer::from_raw(k.family, k.peer_addr, k.peer_port), d));
+        }
         self.poll_sends(n, &mut deltas);
+        self.programs.free_destroyed_sockets();
         let host = self.poll_host(now);
         let procs = n.is_multiple_of(2).then(|| procs::scan(64));
         let kc: KernelCounters = self.programs.kernel_counters();

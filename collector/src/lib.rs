@@ -32,6 +32,7 @@ pub mod procs;
 pub mod query;
 pub mod send_slots;
 pub mod service;
+pub mod sock_table;
 pub mod store;
 pub mod tcp;
 pub mod window;

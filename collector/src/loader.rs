@@ -7,19 +7,20 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
-use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
 use aya::programs::{BtfTracePoint, RawTracePoint, TracePoint};
 use aya::{Ebpf, EbpfLoader};
 use bpfsight_common::programs::{self, Hook};
 use bpfsight_common::{
     ConnKey, ConnStats, Counter, IoKey, IoStats, LatHist, ListenKey, Owner, ProcEvent, ProcStats,
-    SEND_SLOTS_PER_CPU, SendStats, SockBucket, SockState, SyscallKey, TcpEvent, globals, maps,
+    SEND_SLOTS_PER_CPU, SendStats, SockState, SyscallKey, TcpEvent, globals, maps,
 };
 
 use crate::btf::Btf;
 use crate::error::CollectorError;
 use crate::plan::{self, SignalGroup, UnavailableSignal};
 use crate::send_slots::SendSlots;
+use crate::sock_table::{SockTable, Taken};
 use crate::tcp::TcpCounters;
 
 /// The compiled eBPF object (all programs, including the benchmark's baselines).
@@ -84,7 +85,7 @@ pub struct Programs {
     conn_stats: PerCpuHashMap<MapData, ConnKey, ConnStats>,
     send_stats: PerCpuHashMap<MapData, u64, SendStats>,
     send_slots: SendSlots,
-    socks: Array<MapData, SockBucket>,
+    socks: SockTable,
     listeners: BpfHashMap<MapData, ListenKey, Owner>,
     events: RingBuf<MapData>,
     counters: PerCpuArray<MapData, u64>,
@@ -390,8 +391,10 @@ impl Programs {
             aya::maps::Map::Array(data) => SendSlots::new(data, send_slots)?,
             _ => return Err(stale(format!("map {} type", maps::SEND_SLOTS))),
         };
-        let socks = Array::try_from(take(&mut ebpf, maps::SOCKS)?)
-            .map_err(|e| CollectorError::load("map SOCKS", e))?;
+        let socks = match take(&mut ebpf, maps::SOCKS)? {
+            aya::maps::Map::Array(data) => SockTable::new(data)?,
+            _ => return Err(stale(format!("map {} type", maps::SOCKS))),
+        };
         let listeners = BpfHashMap::try_from(take(&mut ebpf, maps::LISTENERS)?)
             .map_err(|e| CollectorError::load("map LISTENERS", e))?;
         let events = RingBuf::try_from(take(&mut ebpf, maps::EVENTS)?)
@@ -506,12 +509,19 @@ impl Programs {
 
     /// What the kernel side knows of a socket (owner, peer), if it still exists.
     pub fn socket(&self, sk: u64) -> Option<SockState> {
-        let bucket = self.socks.get(&bpfsight_common::sock_bucket(sk), 0).ok()?;
-        if sk == 0 {
-            return None;
-        }
-        let way = bucket.find(&sk)?;
-        Some(bucket.value[way])
+        self.socks.get(sk)
+    }
+
+    /// The events counted on tracked sockets since the last call, by owner and peer, and the
+    /// handshake times among them (see [`SockTable::take_counts`]).
+    pub fn take_sock_counts(&mut self) -> Taken {
+        self.socks.take_counts()
+    }
+
+    /// Frees the socket-table ways of sockets destroyed a poll ago (see
+    /// [`SockTable::free_destroyed`]); call after reading the send counters.
+    pub fn free_destroyed_sockets(&mut self) {
+        self.socks.free_destroyed();
     }
 
     /// Tells the kernel side who owns a listening port (for listeners opened before we were).

@@ -39,8 +39,10 @@ fn build_bpf(check: bool) -> Result<()> {
     let target_dir =
         std::env::var_os("BPF_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target/bpf"));
     // Paths would otherwise leak into the object (panic locations) and make it differ by checkout.
+    // v3 for atomic swaps and 32-bit atomic adds (the socket counts user space takes while the
+    // programs add to them); kernels have run v3 programs since 5.1.
     let remap = format!(
-        "--remap-path-prefix={}=/bpfsight --remap-path-prefix={}=/cargo",
+        "-C target-cpu=v3 --remap-path-prefix={}=/bpfsight --remap-path-prefix={}=/cargo",
         root.display(),
         home::cargo_home().display()
     );

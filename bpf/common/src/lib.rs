@@ -15,8 +15,8 @@ pub const AF_INET6: u16 = 10;
 
 /// Map names, shared so the loader never spells them differently from the programs.
 pub mod maps {
-    /// `ARRAY<SockBucket>` indexed by [`sock_bucket`](super::sock_bucket): who owns each TCP
-    /// socket we have seen.
+    /// `ARRAY<SockBucket>` (mmapable) indexed by [`sock_bucket`](super::sock_bucket): who owns
+    /// each TCP socket we have seen, and its [`SockCounts`](super::SockCounts) not yet taken.
     pub const SOCKS: &str = "SOCKS";
     /// `HASH<ListenKey, Owner>`: owner of each listening port, to attribute accepted sockets.
     pub const LISTENERS: &str = "LISTENERS";
@@ -463,9 +463,10 @@ pub mod sock_flags {
     /// The socket left ESTABLISHED for CLOSE; kept until `tcp_destroy_sock` for late resets
     /// (and preferred for eviction when its bucket is full).
     pub const CLOSED: u32 = 4;
-    /// `tcp_destroy_sock` ran: the socket is gone, and the programs no longer see it. The way
-    /// is kept (reused like a closed one) so that user space, which reads send counters once a
-    /// second, still knows whose they were when the connection lived less than that.
+    /// `tcp_destroy_sock` ran: the socket is gone, and the programs no longer see it (its way's
+    /// key becomes [`DESTROYED_TAG`](super::DESTROYED_TAG)`| sk`). The way is kept (reused like
+    /// a closed one) until user space, which reads send counters once a second, has read whose
+    /// they were (the connection may have lived less than that) and frees it.
     pub const DESTROYED: u32 = 8;
 }
 
@@ -487,6 +488,88 @@ pub struct SockState {
     /// `bpf_ktime_get_ns` when the SYN was sent (active opens, until established), then when
     /// the connection was established.
     pub opened_ns: u64,
+    /// What happened on the socket since user space last looked.
+    pub counts: SockCounts,
+}
+
+impl SockState {
+    /// The aggregation key the socket's events are filed under: its owner and peer.
+    #[inline(always)]
+    pub fn key(&self) -> ConnKey {
+        ConnKey {
+            tgid: self.owner.tgid,
+            family: self.family,
+            peer_port: self.peer_port,
+            peer_addr: self.peer_addr,
+            comm: self.owner.comm,
+        }
+    }
+}
+
+/// A socket's events not yet taken by user space, kept in its [`SockState`].
+///
+/// The programs add to these with atomic adds, and user space, which reads [`maps::SOCKS`]
+/// through a shared mapping, takes them with atomic swaps to zero every poll and files them
+/// under the socket's owner and peer. So a retransmit or a reset on a tracked socket costs an
+/// atomic add in a line the program has just read, where filing it in `CONN_STATS` would cost
+/// a hash of a 40-byte key and a bucket walk (more than a whole trivial program here). A
+/// program that gives the way to another socket files what is left in `CONN_STATS` first.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockCounts {
+    /// The connect reached ESTABLISHED (0 or 1).
+    pub opened_active: u32,
+    /// The socket was accepted and reached ESTABLISHED (0 or 1).
+    pub opened_passive: u32,
+    /// The established connection closed (0 or 1).
+    pub closed: u32,
+    /// Connects that went SYN_SENT -> CLOSE.
+    pub failed_connects: u32,
+    /// RST segments sent.
+    pub resets_sent: u32,
+    /// RST segments received.
+    pub resets_received: u32,
+    /// Retransmitted segments.
+    pub retransmits: u32,
+    /// Explicit padding; always zero.
+    pub _pad: u32,
+    /// Lifetime of the connection, when it closed.
+    pub duration_ns: u64,
+    /// The connect's handshake time (SYN sent to ESTABLISHED), when it was established: one
+    /// sample for the owner's histogram, which user space keeps.
+    pub handshake_ns: u64,
+}
+
+impl SockCounts {
+    /// Nothing to take.
+    #[inline(always)]
+    pub fn is_zero(&self) -> bool {
+        (self.opened_active
+            | self.opened_passive
+            | self.closed
+            | self.failed_connects
+            | self.resets_sent
+            | self.resets_received
+            | self.retransmits) as u64
+            | self.duration_ns
+            | self.handshake_ns
+            == 0
+    }
+}
+
+impl ConnStats {
+    /// Adds a socket's taken [`SockCounts`].
+    #[inline(always)]
+    pub fn add(&mut self, c: &SockCounts) {
+        self.opened_active += c.opened_active as u64;
+        self.opened_passive += c.opened_passive as u64;
+        self.closed += c.closed as u64;
+        self.duration_ns += c.duration_ns;
+        self.failed_connects += c.failed_connects as u64;
+        self.resets_sent += c.resets_sent as u64;
+        self.resets_received += c.resets_received as u64;
+        self.retransmits += c.retransmits as u64;
+    }
 }
 
 /// One bucket of a set-associative table kept in a BPF `ARRAY`: `N` entries whose keys hash
@@ -544,10 +627,17 @@ impl<K: Copy + PartialEq, V: Copy, const N: usize> Ways<K, V, N> {
 /// Sockets that hash alike (see [`Ways`]), keyed by `struct sock` address; 0 is a free way.
 pub type SockBucket = Ways<u64, SockState, SOCK_WAYS>;
 
+/// Set in a [`SockBucket`] key whose socket was destroyed. The kernel gives a freed socket's
+/// memory to the next socket at once: the tag keeps the new socket, at the same address, from
+/// finding the old one's way as its own, and user space from freeing the new socket's way when
+/// it frees the old one's (it frees a way only if it still holds the tagged key). Socket
+/// addresses are 64-byte aligned, so the bit is otherwise always clear.
+pub const DESTROYED_TAG: u64 = 1;
+
 /// Ways per [`SockBucket`].
 pub const SOCK_WAYS: usize = 4;
 
-/// Number of [`SockBucket`]s in [`maps::SOCKS`] (a power of two): 4 MiB for 65,536 sockets;
+/// Number of [`SockBucket`]s in [`maps::SOCKS`] (a power of two): 6.5 MiB for 65,536 sockets;
 /// of 10,000 live sockets hashed at random, about 7 would meet a full bucket.
 pub const SOCK_BUCKETS: u32 = 16384;
 
@@ -858,6 +948,46 @@ pub mod layout {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A socket's counts file whole under its owner and peer, and "nothing to take" means
+    /// every field, the handshake sample included.
+    #[test]
+    fn socket_counts_file_under_the_owner_and_peer() {
+        let owner = Owner { tgid: 42, _pad: 0, comm: *b"svc\0\0\0\0\0\0\0\0\0\0\0\0\0" };
+        let mut st = SockState {
+            owner,
+            family: AF_INET,
+            peer_port: 443,
+            flags: 0,
+            peer_addr: [10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            opened_ns: 0,
+            counts: SockCounts::default(),
+        };
+        assert!(st.counts.is_zero());
+        st.counts.handshake_ns = 1;
+        assert!(!st.counts.is_zero(), "a handshake sample alone must be taken");
+        st.counts = SockCounts {
+            closed: 1,
+            duration_ns: 5,
+            retransmits: 3,
+            resets_received: 1,
+            ..Default::default()
+        };
+        let mut s = ConnStats::default();
+        s.add(&st.counts);
+        s.add(&st.counts);
+        assert_eq!((s.closed, s.duration_ns, s.retransmits, s.resets_received), (2, 10, 6, 2));
+        let k = st.key();
+        assert_eq!(
+            (k.tgid, k.comm, k.family, k.peer_port, k.peer_addr),
+            (42, owner.comm, AF_INET, 443, st.peer_addr)
+        );
+        // User space maps the table: the kernel lays array elements out at their size rounded
+        // up to 8 bytes, so the bucket must already be a multiple of 8.
+        assert_eq!(size_of::<SockBucket>() % 8, 0);
+        // A destroyed socket's tag never collides with a live socket's (64-byte aligned) address.
+        assert_eq!(0xffff_8880_1234_5640u64 & DESTROYED_TAG, 0);
+    }
 
     /// Entry is hooked exactly for the timed syscalls, by the real program and its baseline.
     #[test]

@@ -5,6 +5,8 @@
 //! Built with `cargo xtask build-bpf`; the object is committed at `bpf/bpfsight.bpf.o`.
 #![no_std]
 #![no_main]
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod baseline;
 mod block;

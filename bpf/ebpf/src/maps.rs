@@ -1,20 +1,24 @@
 //! Maps shared by the programs. Names match `bpfsight_common::maps`.
 
+use core::intrinsics::{AtomicOrdering, atomic_xadd, atomic_xchg};
+
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_get_smp_processor_id},
     macros::map,
     maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use bpfsight_common::{
-    COUNTERS_LEN, ConnKey, ConnStats, Counter, IO_BUCKETS, IO_WAYS, InflightIo, IoBucket, IoKey, IoReqKey,
-    IoStats, LatHist, ListenKey, Owner, ProcStats, SEND_SLOTS_PER_CPU, SOCK_BUCKETS, SOCK_WAYS, SendSlot,
-    SendStats, SockBucket, SockState, SyscallKey, io_bucket, send_slot, sock_bucket, sock_flags,
+    COUNTERS_LEN, ConnKey, ConnStats, Counter, DESTROYED_TAG, IO_BUCKETS, IO_WAYS, InflightIo, IoBucket,
+    IoKey, IoReqKey, IoStats, LatHist, ListenKey, Owner, ProcStats, SEND_SLOTS_PER_CPU, SOCK_BUCKETS,
+    SOCK_WAYS, SendSlot, SendStats, SockBucket, SockCounts, SockState, SyscallKey, io_bucket, send_slot,
+    sock_bucket, sock_flags,
 };
 
 /// Sockets we track, by [`sock_bucket`], marked destroyed by `tcp_destroy_sock` and reused like
-/// closed ones (see [`SockBucket`], [`sock_flags::DESTROYED`]).
+/// closed ones (see [`SockBucket`], [`sock_flags::DESTROYED`]). User space maps it to take
+/// each socket's [`SockCounts`] and to free the ways of destroyed sockets it has read.
 #[map(name = "SOCKS")]
-pub static SOCKS: Array<SockBucket> = Array::with_max_entries(SOCK_BUCKETS, 0);
+pub static SOCKS: Array<SockBucket> = Array::with_max_entries(SOCK_BUCKETS, BPF_F_MMAPABLE);
 
 /// The bucket of socket `sk`.
 #[inline(always)]
@@ -31,7 +35,8 @@ pub fn sock_get(sk: u64) -> Option<&'static mut SockState> {
     if sk == 0 {
         return None;
     }
-    sock_bucket_of(sk)?.get_mut(&sk).filter(|s| s.flags & sock_flags::DESTROYED == 0)
+    // A destroyed socket's key is tagged: it is not found.
+    sock_bucket_of(sk)?.get_mut(&sk)
 }
 
 /// Tracks socket `sk` as `st`: in its own way if it has one, else a free one, else a destroyed
@@ -47,7 +52,68 @@ pub fn sock_put(sk: u64, st: &SockState) {
             SOCK_WAYS - 1
         })
     });
+    // A free way's counts were taken before user space freed it.
+    if b.key.get(w).is_some_and(|&k| k != 0)
+        && let Some(old) = b.value.get_mut(w)
+        && !old.counts.is_zero()
+    {
+        file_counts(old);
+    }
     b.set(w, sk, st);
+}
+
+/// Adds `n` to a [`SockCounts`] field, which user space may be taking at the same moment.
+#[inline(always)]
+pub fn add(field: &mut u32, n: u32) {
+    // SAFETY: an aligned field of a map value, valid for the program run. (The BPF target
+    // has no atomic types in `core`; the intrinsic is the kernel's atomic add.)
+    unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(field, n) };
+}
+
+/// Like [`add`], for the 64-bit fields.
+#[inline(always)]
+pub fn add64(field: &mut u64, n: u64) {
+    // SAFETY: as in `add`.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(field, n) };
+}
+
+/// Takes a [`SockCounts`] field, leaving 0, as user space does.
+#[inline(always)]
+fn take(field: &mut u32) -> u32 {
+    // SAFETY: as in `add`.
+    unsafe { atomic_xchg::<u32, { AtomicOrdering::Relaxed }>(field, 0) }
+}
+
+/// Like [`take`], for the 64-bit fields.
+#[inline(always)]
+fn take64(field: &mut u64) -> u64 {
+    // SAFETY: as in `add`.
+    unsafe { atomic_xchg::<u64, { AtomicOrdering::Relaxed }>(field, 0) }
+}
+
+/// Files what user space has not taken of a socket's counts under its owner and peer in
+/// `CONN_STATS`, before its way goes to another socket (or to the same socket, reconnecting
+/// perhaps to another peer). Rare: user space takes counts every second and frees the ways
+/// of destroyed sockets, so a new socket normally finds a free way.
+#[inline(always)]
+fn file_counts(old: &mut SockState) {
+    let c = &mut old.counts;
+    let taken = SockCounts {
+        opened_active: take(&mut c.opened_active),
+        opened_passive: take(&mut c.opened_passive),
+        closed: take(&mut c.closed),
+        failed_connects: take(&mut c.failed_connects),
+        resets_sent: take(&mut c.resets_sent),
+        resets_received: take(&mut c.resets_received),
+        retransmits: take(&mut c.retransmits),
+        _pad: 0,
+        duration_ns: take64(&mut c.duration_ns),
+        handshake_ns: take64(&mut c.handshake_ns),
+    };
+    bump(&old.key(), |s| s.add(&taken));
+    if taken.handshake_ns != 0 {
+        bump_connect_lat(&old.owner, taken.handshake_ns);
+    }
 }
 
 /// Marks socket `sk` destroyed: gone for the programs, kept for user space (see
@@ -58,19 +124,10 @@ pub fn sock_destroyed(sk: u64) {
         && let Some(b) = sock_bucket_of(sk)
         && let Some(w) = b.find(&sk)
         && let Some(s) = b.value.get_mut(w)
+        && let Some(k) = b.key.get_mut(w)
     {
         s.flags |= sock_flags::CLOSED | sock_flags::DESTROYED;
-    }
-}
-
-/// Stops tracking socket `sk`.
-#[inline(always)]
-pub fn sock_forget(sk: u64) {
-    if sk != 0
-        && let Some(b) = sock_bucket_of(sk)
-        && let Some(w) = b.find(&sk)
-    {
-        b.clear(w, 0);
+        *k = sk | DESTROYED_TAG;
     }
 }
 

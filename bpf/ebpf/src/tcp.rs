@@ -3,11 +3,14 @@
 //!
 //! Most of these tracepoints fire in softirq context, where `current` is whichever task the
 //! CPU happened to be running. Attribution therefore goes through `SOCKS`, filled in process
-//! context (connect, listen, first send) and from `LISTENERS` for accepted connections.
+//! context (connect, listen, first send) and from `LISTENERS` for accepted connections. The
+//! events of a tracked socket are counted in its own `SOCKS` way (`SockCounts`), which user
+//! space empties every poll: an atomic add where a hashed aggregate would cost more than a
+//! whole trivial program. Only sockets we never saw go to `CONN_STATS` directly.
 //!
 //! Cost matters: record fields are read with plain loads from the context (the verifier
 //! bounds-checks them), never with `bpf_probe_read_kernel`, and the per-send path touches one
-//! per-CPU map with an 8-byte key.
+//! per-CPU slot found by address arithmetic.
 
 use aya_ebpf::{
     helpers::bpf_probe_read_kernel,
@@ -15,13 +18,13 @@ use aya_ebpf::{
     programs::{RawTracePointContext, TracePointContext},
 };
 use bpfsight_common::{
-    AF_INET, AF_INET6, ConnKey, Counter, ListenKey, Owner, SendSlot, SendStats, SockState, TcpEvent,
-    TcpEventKind, layout, sock_flags,
+    AF_INET, AF_INET6, ConnKey, Counter, ListenKey, Owner, SendSlot, SendStats, SockCounts, SockState,
+    TcpEvent, TcpEventKind, layout, sock_flags,
 };
 
 use crate::maps::{
-    EVENTS, LISTENERS, SEND_STATS, bump, bump_connect_lat, count, send_slot_here, sock_destroyed,
-    sock_forget, sock_get, sock_put,
+    EVENTS, LISTENERS, SEND_STATS, add, add64, bump, count, send_slot_here, sock_destroyed, sock_get,
+    sock_put,
 };
 use crate::record::{at, current_owner, now_ns};
 
@@ -83,14 +86,11 @@ fn key_for(owner: &Owner, family: u16, peer_port: u16, peer_addr: [u8; 16]) -> C
     ConnKey { tgid: owner.tgid, family, peer_port, peer_addr, comm: owner.comm }
 }
 
-/// The aggregation key of a socket event: the tracked socket's owner and peer, or, for a
-/// socket we never saw, `[unattributed]` with the peer from the record.
+/// The aggregation key of an event on a socket we never saw: `[unattributed]` with the peer
+/// from the record.
 #[inline(always)]
-fn sock_key(skaddr: u64, family: u16, dport: u16, daddr: impl FnOnce() -> [u8; 16]) -> (ConnKey, Owner) {
-    match sock_get(skaddr) {
-        Some(s) => (key_for(&s.owner, s.family, s.peer_port, s.peer_addr), s.owner),
-        None => (key_for(&Owner::UNKNOWN, family, dport, daddr()), Owner::UNKNOWN),
-    }
+fn unattributed(family: u16, dport: u16, daddr: [u8; 16]) -> ConnKey {
+    key_for(&Owner::UNKNOWN, family, dport, daddr)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -136,6 +136,8 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     let family: u16 = at(&ctx, f::FAMILY);
     let sport: u16 = at(&ctx, f::SPORT);
 
+    // Counts go into the socket's own way (see `SockCounts`): no aggregate map on this path
+    // but for sockets we never saw.
     match (old, new) {
         // connect(): process context, `current` is the owner.
         (TCP_CLOSE, TCP_SYN_SENT) => {
@@ -147,6 +149,7 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
                 peer_addr: addr(&ctx, family, f::DADDR, f::DADDR_V6),
                 // The SYN's time until ESTABLISHED, for the handshake latency.
                 opened_ns: now_ns(),
+                counts: SockCounts::default(),
             };
             sock_put(skaddr, &st);
         }
@@ -162,10 +165,11 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
                 st.flags |= sock_flags::ESTABLISHED;
                 let now = now_ns();
                 if st.opened_ns != 0 {
-                    bump_connect_lat(&st.owner, now.saturating_sub(st.opened_ns));
+                    // User space files it in the owner's histogram.
+                    add64(&mut st.counts.handshake_ns, now.saturating_sub(st.opened_ns).max(1));
                 }
                 st.opened_ns = now;
-                bump(&key_for(&st.owner, st.family, st.peer_port, st.peer_addr), |s| s.opened_active += 1);
+                add(&mut st.counts.opened_active, 1);
             }
         }
         (TCP_SYN_RECV, TCP_ESTABLISHED) => {
@@ -181,17 +185,34 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
                 flags: sock_flags::ESTABLISHED,
                 peer_addr: addr(&ctx, family, f::DADDR, f::DADDR_V6),
                 opened_ns: now_ns(),
+                counts: SockCounts { opened_passive: 1, ..SockCounts::default() },
             };
             sock_put(skaddr, &st);
-            bump(&key_for(&owner, family, 0, st.peer_addr), |s| s.opened_passive += 1);
         }
         (TCP_SYN_SENT, TCP_CLOSE) => {
             let dport: u16 = at(&ctx, f::DPORT);
-            let (key, owner) = sock_key(skaddr, family, dport, || addr(&ctx, family, f::DADDR, f::DADDR_V6));
-            bump(&key, |s| s.failed_connects += 1);
             let local = addr(&ctx, family, f::SADDR, f::SADDR_V6);
-            emit(TcpEventKind::FailedConnect, owner, family, sport, dport, local, key.peer_addr);
-            sock_forget(skaddr);
+            match sock_get(skaddr) {
+                Some(st) => {
+                    add(&mut st.counts.failed_connects, 1);
+                    // Kept: a reconnect of this socket files the counts first (`sock_put`).
+                    st.flags |= sock_flags::CLOSED;
+                    emit(TcpEventKind::FailedConnect, st.owner, family, sport, dport, local, st.peer_addr);
+                }
+                None => {
+                    let key = unattributed(family, dport, addr(&ctx, family, f::DADDR, f::DADDR_V6));
+                    bump(&key, |s| s.failed_connects += 1);
+                    emit(
+                        TcpEventKind::FailedConnect,
+                        Owner::UNKNOWN,
+                        family,
+                        sport,
+                        dport,
+                        local,
+                        key.peer_addr,
+                    );
+                }
+            }
         }
         (_, TCP_CLOSE) => {
             if let Some(st) = sock_get(skaddr) {
@@ -202,11 +223,8 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
                     && st.opened_ns != 0
                 {
                     st.flags |= sock_flags::CLOSED;
-                    let lived = now_ns().saturating_sub(st.opened_ns);
-                    bump(&key_for(&st.owner, st.family, st.peer_port, st.peer_addr), |s| {
-                        s.closed += 1;
-                        s.duration_ns += lived;
-                    });
+                    add64(&mut st.counts.duration_ns, now_ns().saturating_sub(st.opened_ns));
+                    add(&mut st.counts.closed, 1);
                 }
                 // Kept until tcp_destroy_sock: an abortive close sends its RST after this.
             }
@@ -231,16 +249,20 @@ static SKB_TCP_GSO_SEGS_OFFSET: u32 = 0;
 #[tracepoint]
 pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
     use layout::tcp_retransmit_skb as f;
-    let skaddr: u64 = at(&ctx, f::SKADDR);
-    let family: u16 = at(&ctx, f::FAMILY);
-    let (key, _) = sock_key(skaddr, family, at(&ctx, f::DPORT), || addr(&ctx, family, f::DADDR, f::DADDR_V6));
     // One event per retransmitted skb, which may carry several segments (a TSO burst, a tail
     // loss probe of a large write): count what the kernel counts in TcpRetransSegs.
     let skb: u64 = at(&ctx, f::SKBADDR);
     // SAFETY: .rodata constant set by the loader; probe read of the skb being retransmitted.
     let off = unsafe { core::ptr::read_volatile(&SKB_TCP_GSO_SEGS_OFFSET) } as u64;
     let segs = unsafe { bpf_probe_read_kernel((skb + off) as *const u16) }.unwrap_or(1).max(1);
-    bump(&key, |s| s.retransmits += segs as u64);
+    match sock_get(at(&ctx, f::SKADDR)) {
+        Some(st) => add(&mut st.counts.retransmits, segs as u32),
+        None => {
+            let family: u16 = at(&ctx, f::FAMILY);
+            let key = unattributed(family, at(&ctx, f::DPORT), addr(&ctx, family, f::DADDR, f::DADDR_V6));
+            bump(&key, |s| s.retransmits += segs as u64);
+        }
+    }
     0
 }
 
@@ -252,17 +274,18 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
     let sport: u16 = at(&ctx, f::SPORT);
     let dport: u16 = at(&ctx, f::DPORT);
     let peer = addr(&ctx, family, f::DADDR, f::DADDR_V6);
-    let (key, owner) = sock_key(skaddr, family, dport, || peer);
-    bump(&key, |s| s.resets_received += 1);
-    emit(
-        TcpEventKind::ResetReceived,
-        owner,
-        family,
-        sport,
-        dport,
-        addr(&ctx, family, f::SADDR, f::SADDR_V6),
-        peer,
-    );
+    let owner = match sock_get(skaddr) {
+        Some(st) => {
+            add(&mut st.counts.resets_received, 1);
+            st.owner
+        }
+        None => {
+            bump(&unattributed(family, dport, peer), |s| s.resets_received += 1);
+            Owner::UNKNOWN
+        }
+    };
+    let local = addr(&ctx, family, f::SADDR, f::SADDR_V6);
+    emit(TcpEventKind::ResetReceived, owner, family, sport, dport, local, peer);
     0
 }
 
@@ -281,13 +304,19 @@ pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
     let skaddr: u64 = at(&ctx, f::SKADDR);
     let (family, sport, local) = sockaddr(&ctx, f::SADDR);
     let (_, dport, peer) = sockaddr(&ctx, f::DADDR);
-    let (key, owner) = if skaddr == 0 {
-        // No socket: the peer's port is whatever ephemeral port it used; keep only its address.
-        (key_for(&Owner::NO_SOCKET, family, 0, peer), Owner::NO_SOCKET)
-    } else {
-        sock_key(skaddr, family, dport, || peer)
+    let owner = match sock_get(skaddr) {
+        Some(st) => {
+            add(&mut st.counts.resets_sent, 1);
+            st.owner
+        }
+        None => {
+            // With no socket at all (a segment that matched none), the peer's port is whatever
+            // ephemeral port it used: keep only its address.
+            let (owner, port) = if skaddr == 0 { (Owner::NO_SOCKET, 0) } else { (Owner::UNKNOWN, dport) };
+            bump(&key_for(&owner, family, port, peer), |s| s.resets_sent += 1);
+            owner
+        }
     };
-    bump(&key, |s| s.resets_sent += 1);
     emit(TcpEventKind::ResetSent, owner, family, sport, dport, local, peer);
     0
 }
@@ -410,6 +439,7 @@ fn learn_owner(sk: u64, family: u16) {
         peer_addr,
         // Open not seen: neither its close nor its duration is counted.
         opened_ns: 0,
+        counts: SockCounts::default(),
     };
     sock_put(sk, &st);
 }

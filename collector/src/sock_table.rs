@@ -1,0 +1,178 @@
+//! The kernel's socket table ([`maps::SOCKS`](bpfsight_common::maps::SOCKS)), read through a
+//! shared mapping: who owns each tracked socket, and the events on it that the programs
+//! counted in its way ([`SockCounts`]) since the last poll.
+//!
+//! Every poll takes the counts with atomic swaps to zero (the programs add with atomic adds, so
+//! nothing is counted twice or lost) and, once the send counters have been read, frees the ways
+//! of the sockets seen destroyed a poll earlier, so that new sockets find free ways and the
+//! programs rarely have to file a socket's counts themselves.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, AsRawFd};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use aya::maps::MapData;
+use bpfsight_common::{
+    ConnKey, ConnStats, DESTROYED_TAG, LatHist, Owner, SOCK_BUCKETS, SOCK_WAYS, SockBucket, SockCounts,
+    SockState, sock_bucket,
+};
+
+use crate::error::CollectorError;
+use crate::tcp::TcpCounters;
+
+/// What one [`SockTable::take_counts`] took.
+#[derive(Debug, Default)]
+pub struct Taken {
+    /// TCP counters by owner and peer.
+    pub tcp: HashMap<ConnKey, TcpCounters>,
+    /// Handshake times by owner, as histograms.
+    pub handshakes: HashMap<Owner, LatHist>,
+}
+
+/// A shared, read-write mapping of the socket table.
+pub struct SockTable {
+    /// Keeps the map (and so the mapping's backing) alive.
+    _map: MapData,
+    base: *mut SockBucket,
+    bytes: usize,
+    /// (bucket, way, tagged key) of the ways the last [`take_counts`](Self::take_counts) saw
+    /// destroyed.
+    destroyed: Vec<(usize, usize, u64)>,
+    /// Those of the poll before, which the next [`free_destroyed`](Self::free_destroyed) frees.
+    freeable: Vec<(usize, usize, u64)>,
+}
+
+// SAFETY: the mapping is plain shared memory; the poller thread owns this handle alone.
+unsafe impl Send for SockTable {}
+
+impl SockTable {
+    /// Maps `map` (created `BPF_F_MMAPABLE`, [`SOCK_BUCKETS`] entries).
+    pub fn new(map: MapData) -> Result<Self, CollectorError> {
+        // SAFETY: plain query.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        let bytes = (SOCK_BUCKETS as usize * size_of::<SockBucket>()).div_ceil(page) * page;
+        let fd = map.fd().as_fd().as_raw_fd();
+        // SAFETY: mapping a BPF array map's fd, as the kernel allows for BPF_F_MMAPABLE arrays;
+        // the length is the map's, rounded up to a page as the kernel allocates it.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(CollectorError::load("map SOCKS (mmap)", std::io::Error::last_os_error()));
+        }
+        Ok(SockTable { _map: map, base: base.cast(), bytes, destroyed: Vec::new(), freeable: Vec::new() })
+    }
+
+    fn bucket(&self, b: usize) -> *mut SockBucket {
+        debug_assert!(b < SOCK_BUCKETS as usize);
+        // SAFETY: in bounds of the mapping (an array element is its value size, a multiple of 8).
+        unsafe { self.base.add(b) }
+    }
+
+    /// The socket in way `w` of bucket `b`, 0 if free; one aligned volatile load (the programs
+    /// write it concurrently).
+    fn holder(&self, b: usize, w: usize) -> u64 {
+        // SAFETY: a way of the mapping.
+        unsafe { std::ptr::addr_of!((*self.bucket(b)).key[w]).read_volatile() }
+    }
+
+    /// Way `w`'s state as it is now (a program may be changing it; the caller re-checks the
+    /// holder where that matters).
+    fn state(&self, b: usize, w: usize) -> SockState {
+        // SAFETY: a way of the mapping; plain old data whatever the bytes.
+        unsafe { std::ptr::addr_of!((*self.bucket(b)).value[w]).read_volatile() }
+    }
+
+    /// What the kernel side knows of socket `sk` (owner, peer), if it still tracks it, or
+    /// tracked it until it was destroyed (then its flags say so).
+    pub fn get(&self, sk: u64) -> Option<SockState> {
+        if sk == 0 {
+            return None;
+        }
+        let b = sock_bucket(sk) as usize;
+        let way = |key: u64| (0..SOCK_WAYS).find(|&w| self.holder(b, w) == key);
+        way(sk).or_else(|| way(sk | DESTROYED_TAG)).map(|w| self.state(b, w))
+    }
+
+    /// Frees the ways of the sockets [`take_counts`](Self::take_counts) saw destroyed the time
+    /// before: their counts were taken then, and the send counters have been read since.
+    pub fn free_destroyed(&mut self) {
+        for (b, w, key) in std::mem::take(&mut self.freeable) {
+            // SAFETY: a way of the mapping. Only if it still holds that destroyed socket: a
+            // program may have given it to another since (the exchange fails, the way is theirs).
+            let k = unsafe { AtomicU64::from_ptr(std::ptr::addr_of_mut!((*self.bucket(b)).key[w])) };
+            let _ = k.compare_exchange(key, 0, Ordering::AcqRel, Ordering::Relaxed);
+        }
+        self.freeable = std::mem::take(&mut self.destroyed);
+    }
+
+    /// Takes every socket's counts, summed by owner and peer, and notes the destroyed
+    /// sockets' ways for [`free_destroyed`](Self::free_destroyed).
+    pub fn take_counts(&mut self) -> Taken {
+        self.destroyed.clear();
+        let mut out = Taken::default();
+        for b in 0..SOCK_BUCKETS as usize {
+            for w in 0..SOCK_WAYS {
+                let sk = self.holder(b, w);
+                if sk == 0 {
+                    continue;
+                }
+                let st = self.state(b, w);
+                if !st.counts.is_zero() {
+                    let taken = self.take(b, w);
+                    let mut s = ConnStats::default();
+                    s.add(&taken);
+                    *out.tcp.entry(st.key()).or_default() += TcpCounters::from(s);
+                    if taken.handshake_ns != 0 {
+                        out.handshakes.entry(st.owner).or_default().add(taken.handshake_ns);
+                    }
+                }
+                if sk & DESTROYED_TAG != 0 {
+                    self.destroyed.push((b, w, sk));
+                }
+            }
+        }
+        out
+    }
+
+    /// Takes way `w`'s counts, leaving zeros, field by field as the programs add.
+    fn take(&self, b: usize, w: usize) -> SockCounts {
+        // SAFETY: aligned fields of a way of the mapping, shared with the programs, which only
+        // touch them with atomic operations.
+        unsafe {
+            let c = std::ptr::addr_of_mut!((*self.bucket(b)).value[w].counts);
+            let take = |p: *mut u32| {
+                if p.read_volatile() == 0 { 0 } else { AtomicU32::from_ptr(p).swap(0, Ordering::AcqRel) }
+            };
+            let take64 = |p: *mut u64| {
+                if p.read_volatile() == 0 { 0 } else { AtomicU64::from_ptr(p).swap(0, Ordering::AcqRel) }
+            };
+            SockCounts {
+                opened_active: take(std::ptr::addr_of_mut!((*c).opened_active)),
+                opened_passive: take(std::ptr::addr_of_mut!((*c).opened_passive)),
+                closed: take(std::ptr::addr_of_mut!((*c).closed)),
+                failed_connects: take(std::ptr::addr_of_mut!((*c).failed_connects)),
+                resets_sent: take(std::ptr::addr_of_mut!((*c).resets_sent)),
+                resets_received: take(std::ptr::addr_of_mut!((*c).resets_received)),
+                retransmits: take(std::ptr::addr_of_mut!((*c).retransmits)),
+                _pad: 0,
+                duration_ns: take64(std::ptr::addr_of_mut!((*c).duration_ns)),
+                handshake_ns: take64(std::ptr::addr_of_mut!((*c).handshake_ns)),
+            }
+        }
+    }
+}
+
+impl Drop for SockTable {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, unmapped once.
+        unsafe { libc::munmap(self.base.cast(), self.bytes) };
+    }
+}
