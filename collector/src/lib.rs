@@ -32,6 +32,7 @@ pub mod procs;
 pub mod query;
 pub mod send_slots;
 pub mod service;
+pub mod shared_map;
 pub mod sock_table;
 pub mod store;
 pub mod tcp;

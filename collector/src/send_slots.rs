@@ -3,56 +3,31 @@
 //! syscall per socket, and frees those of sockets that are gone.
 
 use std::collections::HashMap;
-use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{Ordering, fence};
 
 use aya::maps::MapData;
 use bpfsight_common::{SEND_SLOTS_PER_CPU, SendSlot, SendStats, send_slot};
 
 use crate::error::CollectorError;
+use crate::shared_map::SharedMap;
 use crate::tcp::TcpCounters;
 
-/// A shared, read-write mapping of the send slots.
+/// The send slots, through a shared mapping.
 pub struct SendSlots {
-    /// Keeps the map (and so the mapping's backing) alive.
-    _map: MapData,
-    base: *mut SendSlot,
+    map: SharedMap,
     slots: usize,
-    bytes: usize,
 }
-
-// SAFETY: the mapping is plain shared memory; the poller thread owns this handle alone.
-unsafe impl Send for SendSlots {}
 
 impl SendSlots {
     /// Maps `slots` slots of `map` (created `BPF_F_MMAPABLE`, `slots` entries).
     pub fn new(map: MapData, slots: usize) -> Result<Self, CollectorError> {
-        // SAFETY: plain query.
-        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
-        let bytes = (slots * size_of::<SendSlot>()).div_ceil(page) * page;
-        let fd = map.fd().as_fd().as_raw_fd();
-        // SAFETY: mapping a BPF array map's fd, as the kernel allows for BPF_F_MMAPABLE arrays;
-        // the length is the map's, rounded up to a page as the kernel allocates it.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd,
-                0,
-            )
-        };
-        if base == libc::MAP_FAILED {
-            return Err(CollectorError::load("map SEND_SLOTS (mmap)", std::io::Error::last_os_error()));
-        }
-        Ok(SendSlots { _map: map, base: base.cast(), slots, bytes })
+        Ok(SendSlots { map: SharedMap::new(map, slots * size_of::<SendSlot>(), "SEND_SLOTS")?, slots })
     }
 
     fn slot(&self, i: usize) -> *mut SendSlot {
         debug_assert!(i < self.slots);
         // SAFETY: in bounds of the mapping.
-        unsafe { self.base.add(i) }
+        unsafe { self.map.base::<SendSlot>().add(i) }
     }
 
     /// The socket in slot `p`, 0 if free. The kernel writes slots concurrently, so every field
@@ -111,12 +86,5 @@ impl SendSlots {
                 std::ptr::addr_of_mut!((*p).sk).write_volatile(0);
             }
         }
-    }
-}
-
-impl Drop for SendSlots {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `new`, unmapped once.
-        unsafe { libc::munmap(self.base.cast(), self.bytes) };
     }
 }

@@ -8,7 +8,6 @@
 //! programs rarely have to file a socket's counts themselves.
 
 use std::collections::HashMap;
-use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use aya::maps::MapData;
@@ -18,6 +17,7 @@ use bpfsight_common::{
 };
 
 use crate::error::CollectorError;
+use crate::shared_map::SharedMap;
 use crate::tcp::TcpCounters;
 
 /// What one [`SockTable::take_counts`] took.
@@ -29,12 +29,9 @@ pub struct Taken {
     pub handshakes: HashMap<Owner, LatHist>,
 }
 
-/// A shared, read-write mapping of the socket table.
+/// The socket table, through a shared mapping.
 pub struct SockTable {
-    /// Keeps the map (and so the mapping's backing) alive.
-    _map: MapData,
-    base: *mut SockBucket,
-    bytes: usize,
+    map: SharedMap,
     /// (bucket, way, tagged key) of the ways the last [`take_counts`](Self::take_counts) saw
     /// destroyed.
     destroyed: Vec<(usize, usize, u64)>,
@@ -42,38 +39,21 @@ pub struct SockTable {
     freeable: Vec<(usize, usize, u64)>,
 }
 
-// SAFETY: the mapping is plain shared memory; the poller thread owns this handle alone.
-unsafe impl Send for SockTable {}
-
 impl SockTable {
     /// Maps `map` (created `BPF_F_MMAPABLE`, [`SOCK_BUCKETS`] entries).
     pub fn new(map: MapData) -> Result<Self, CollectorError> {
-        // SAFETY: plain query.
-        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
-        let bytes = (SOCK_BUCKETS as usize * size_of::<SockBucket>()).div_ceil(page) * page;
-        let fd = map.fd().as_fd().as_raw_fd();
-        // SAFETY: mapping a BPF array map's fd, as the kernel allows for BPF_F_MMAPABLE arrays;
-        // the length is the map's, rounded up to a page as the kernel allocates it.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd,
-                0,
-            )
-        };
-        if base == libc::MAP_FAILED {
-            return Err(CollectorError::load("map SOCKS (mmap)", std::io::Error::last_os_error()));
-        }
-        Ok(SockTable { _map: map, base: base.cast(), bytes, destroyed: Vec::new(), freeable: Vec::new() })
+        let bytes = SOCK_BUCKETS as usize * size_of::<SockBucket>();
+        Ok(SockTable {
+            map: SharedMap::new(map, bytes, "SOCKS")?,
+            destroyed: Vec::new(),
+            freeable: Vec::new(),
+        })
     }
 
     fn bucket(&self, b: usize) -> *mut SockBucket {
         debug_assert!(b < SOCK_BUCKETS as usize);
         // SAFETY: in bounds of the mapping (an array element is its value size, a multiple of 8).
-        unsafe { self.base.add(b) }
+        unsafe { self.map.base::<SockBucket>().add(b) }
     }
 
     /// The socket in way `w` of bucket `b`, 0 if free; one aligned volatile load (the programs
@@ -167,12 +147,5 @@ impl SockTable {
                 handshake_ns: take64(std::ptr::addr_of_mut!((*c).handshake_ns)),
             }
         }
-    }
-}
-
-impl Drop for SockTable {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `new`, unmapped once.
-        unsafe { libc::munmap(self.base.cast(), self.bytes) };
     }
 }
