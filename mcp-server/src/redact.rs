@@ -135,8 +135,17 @@ impl Redactor {
         if self.ips != Treatment::Keep {
             for re in [&self.ipv4, &self.ipv6] {
                 if re.is_match(&out) {
-                    let replaced = re
-                        .replace_all(&out, |c: &Captures| self.ip(&c[0]).unwrap_or_else(|| c[0].to_string()));
+                    let replaced = re.replace_all(&out, |c: &Captures| {
+                        // An address does not start inside a word. Without this, the hex tail
+                        // of a hash written here (`ip-4a470c9d`) followed by `::` in the text
+                        // reads as an IPv6 address on a second pass (found by the fuzz target).
+                        let start = c.get(0).map_or(0, |m| m.start());
+                        let glued = out[..start]
+                            .chars()
+                            .next_back()
+                            .is_some_and(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == ':');
+                        if glued { None } else { self.ip(&c[0]) }.unwrap_or_else(|| c[0].to_string())
+                    });
                     out = Cow::Owned(replaced.into_owned());
                 }
             }
@@ -277,5 +286,22 @@ mod tests {
         assert_ne!(other_key.redact_str("10.1.2.3"), a, "keyed per deployment");
         // Times and versions are not addresses.
         assert_eq!(mask.redact_str("12:30:45 v1.2.3"), "12:30:45 v1.2.3");
+        // Nor is a hex run glued to a word, such as a hash this redactor wrote followed by `::`.
+        assert_eq!(mask.redact_str("id4a470c9d::1f"), "id4a470c9d::1f");
+    }
+
+    /// The fuzz target's find: the first pass hashed `4::%ivetasn4`, leaving `ip-4a470c9d::%ive`,
+    /// whose `0c9d::%ive` the second pass took for an address.
+    #[test]
+    fn redacting_twice_changes_nothing_more() {
+        let hash = Redactor::new(Treatment::Hash, Treatment::Hash, (1, 2));
+        for text in [
+            "{\"$:0.5\u{8}\u{2}\0\0\0\0\0\0ive_o?\0\090itas4n::%ive_o?\0\090indow\":\"1\090itasn4::%ivetasn4::%ive_o\"}",
+            "peer 2001:db8::7::%eth0 and 10.1.2.3",
+            "a4::%x4::%y",
+        ] {
+            let once = hash.redact_str(text).into_owned();
+            assert_eq!(hash.redact_str(&once), once, "{text:?}");
+        }
     }
 }
