@@ -558,7 +558,8 @@ impl SockCounts {
 }
 
 impl ConnStats {
-    /// Adds a socket's taken [`SockCounts`].
+    /// Adds a socket's taken [`SockCounts`] (but the handshake time, which goes to the
+    /// owner's histogram).
     #[inline(always)]
     pub fn add(&mut self, c: &SockCounts) {
         self.opened_active += c.opened_active as u64;
@@ -637,7 +638,7 @@ pub const DESTROYED_TAG: u64 = 1;
 /// Ways per [`SockBucket`].
 pub const SOCK_WAYS: usize = 4;
 
-/// Number of [`SockBucket`]s in [`maps::SOCKS`] (a power of two): 6.5 MiB for 65,536 sockets;
+/// Number of [`SockBucket`]s in [`maps::SOCKS`] (a power of two): 7 MiB for 65,536 sockets;
 /// of 10,000 live sockets hashed at random, about 7 would meet a full bucket.
 pub const SOCK_BUCKETS: u32 = 16384;
 

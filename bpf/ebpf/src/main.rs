@@ -1,6 +1,7 @@
-//! bpfsight's kernel side: tracepoint programs that aggregate TCP connection health per
-//! (process, peer), and scheduler, block IO, syscall, memory and process-life signals per
-//! process, in per-CPU maps, and emit discrete events through ring buffers.
+//! bpfsight's kernel side: tracepoint programs that count TCP connection health per socket
+//! (in the socket table, which user space sums by process and peer every second), and
+//! scheduler, block IO, syscall, memory and process-life signals per process in per-CPU maps,
+//! and emit discrete events through ring buffers.
 //!
 //! Built with `cargo xtask build-bpf`; the object is committed at `bpf/bpfsight.bpf.o`.
 #![no_std]
