@@ -444,6 +444,12 @@ impl Poller {
         per_service.into_iter().map(|(s, (i, p, c))| (s, i, p, c)).collect()
     }
 
+    /// A change of `d` in the counters of owner-and-peer key `k`, filed under its service.
+    fn conn_delta(&mut self, k: &ConnKey, d: TcpCounters) -> Delta {
+        let (service, identity) = self.resolver.resolve(k.tgid, &k.comm);
+        (service, identity, k.tgid, Peer::from_raw(k.family, k.peer_addr, k.peer_port), d)
+    }
+
     fn poll(&mut self, n: u64) {
         let now = unix_now().as_secs();
         let current = self.programs.read_conn_stats();
@@ -453,22 +459,14 @@ impl Poller {
             let d = v.delta_since(&prev);
             if !d.is_zero() {
                 self.last_change.insert(*k, now);
-                let (service, identity) = self.resolver.resolve(k.tgid, &k.comm);
-                deltas.push((
-                    service,
-                    identity,
-                    k.tgid,
-                    Peer::from_raw(k.family, k.peer_addr, k.peer_port),
-                    d,
-                ));
+                deltas.push(self.conn_delta(k, d));
             }
         }
         // Events on tracked sockets, counted in their ways: deltas already.
         let taken = self.programs.take_sock_counts();
         self.handshakes = taken.handshakes;
         for (k, d) in taken.tcp {
-            let (service, identity) = self.resolver.resolve(k.tgid, &k.comm);
-            deltas.push((service, identity, k.tgid, Peer::from_raw(k.family, k.peer_addr, k.peer_port), d));
+            deltas.push(self.conn_delta(&k, d));
         }
         self.poll_sends(n, &mut deltas);
         self.programs.free_destroyed_sockets();

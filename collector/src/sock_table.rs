@@ -63,11 +63,18 @@ impl SockTable {
         unsafe { std::ptr::addr_of!((*self.bucket(b)).key[w]).read_volatile() }
     }
 
-    /// Way `w`'s state as it is now (a program may be changing it; the caller re-checks the
-    /// holder where that matters).
+    /// Way `w`'s state as it is now (a program may be changing it: a way given to another
+    /// socket between this read and a take files that take under the old owner, a race of a
+    /// few instructions once per reuse).
     fn state(&self, b: usize, w: usize) -> SockState {
         // SAFETY: a way of the mapping; plain old data whatever the bytes.
         unsafe { std::ptr::addr_of!((*self.bucket(b)).value[w]).read_volatile() }
+    }
+
+    /// Way `w`'s counts as they are now, without the rest of its state.
+    fn counts(&self, b: usize, w: usize) -> SockCounts {
+        // SAFETY: as in `state`.
+        unsafe { std::ptr::addr_of!((*self.bucket(b)).value[w].counts).read_volatile() }
     }
 
     /// What the kernel side knows of socket `sk` (owner, peer), if it still tracks it, or
@@ -104,8 +111,9 @@ impl SockTable {
                 if sk == 0 {
                     continue;
                 }
-                let st = self.state(b, w);
-                if !st.counts.is_zero() {
+                // Most sockets were quiet: their owner and peer are not read.
+                if !self.counts(b, w).is_zero() {
+                    let st = self.state(b, w);
                     let taken = self.take(b, w);
                     let mut s = ConnStats::default();
                     s.add(&taken);
