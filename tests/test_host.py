@@ -112,6 +112,35 @@ def test_fsync_loop_shows_block_io_and_fsync_latency_for_that_service(tmp_path):
     run_with_server(body)
 
 
+def whole_disk(dev):
+    """The "major:minor" of the disk that holds block device `dev` (itself if not a partition):
+    block IO is reported per disk, as the kernel's block tracepoints report it."""
+    sysdir = f"/sys/dev/block/{dev}"
+    if os.path.exists(f"{sysdir}/partition"):
+        return Path(os.path.realpath(sysdir)).parent.joinpath("dev").read_text().strip()
+    return dev
+
+
+def test_direct_reads_are_counted_one_request_each_on_their_disk():
+    async def body(s):
+        w = Workload("direct-read", "direct-reader", 0, count=300, size=65536, dir="/var/tmp")
+        count, dev = (await anyio.to_thread.run_sync(w.wait)).split()[-2:]
+        count, size = int(count), 65536
+        await settle()
+
+        use = await call(s, "get_resource_usage", {"service": "direct-reader", "resource": "io", "window": "1m"})
+        io = use["io"]
+        # Each O_DIRECT read is one request of exactly its size; the process's only other
+        # reads would be a few metadata blocks.
+        assert count <= io["read_ops"] <= count + 8, (io, count)
+        assert count * size <= io["read_bytes"] <= count * size + 8 * 4096, (io, count)
+        assert io["write_bytes"] >= count * size // 2, io
+        assert io["latency"]["samples"] == io["write_ops"] + io["read_ops"], io
+        assert [d["device"] for d in io["devices"]] == [whole_disk(dev)], (io, dev)
+
+    run_with_server(body)
+
+
 def test_opening_missing_files_shows_enoent_for_that_service_only():
     async def body(s):
         w = Workload("enoent", "enoent-loop", 0, count=5000)

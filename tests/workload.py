@@ -5,6 +5,7 @@ service name. Run: python workload.py ROLE --name NAME --port PORT [--host H] [-
 """
 import argparse
 import ctypes
+import mmap
 import os
 import socket
 import struct
@@ -188,6 +189,27 @@ def fsync_loop(a) -> None:
     print(n, flush=True)
 
 
+def direct_read(a) -> None:
+    """Writes a file of --count blocks of --size bytes, then reads every block back with
+    O_DIRECT (one block request each, past the page cache); prints the count and the file's
+    device ("major:minor")."""
+    path = os.path.join(a.dir, f"{a.name}.dat")
+    with open(path, "wb") as f:
+        f.write(os.urandom(a.count * a.size))
+        f.flush()
+        os.fsync(f.fileno())
+    buf = mmap.mmap(-1, a.size)  # page-aligned, as O_DIRECT needs
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+    try:
+        st = os.fstat(fd)
+        for i in range(a.count):
+            assert os.preadv(fd, [buf], i * a.size) == a.size
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    print(a.count, f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}", flush=True)
+
+
 def enoent(a) -> None:
     """Opens --count missing files (each fails with ENOENT)."""
     for i in range(a.count):
@@ -212,6 +234,7 @@ ROLES = {
     "spin": spin,
     "sleeper": sleeper,
     "fsync": fsync_loop,
+    "direct-read": direct_read,
     "enoent": enoent,
     "alloc": alloc,
     "echo-server": echo_server,

@@ -15,7 +15,7 @@ use crate::window::Window;
 pub enum LatencyKind {
     /// Run-queue delay: runnable but waiting for a CPU.
     Runqueue,
-    /// Block IO, issue to completion.
+    /// Block IO, from the request's start (queued, as iostat's await) to its completion.
     Io,
     /// The timed syscalls (connect, accept, fsync, ...), per syscall.
     Syscall,
@@ -210,7 +210,7 @@ pub struct IoUsage {
     /// Totals over the window.
     #[serde(flatten)]
     pub totals: IoTotals,
-    /// Request latency, issue to completion.
+    /// Request latency, from the request's start (queued, as iostat's await) to completion.
     pub latency: Option<LatencySummary>,
     /// Per device.
     pub devices: Vec<DeviceIo>,

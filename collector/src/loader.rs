@@ -199,6 +199,15 @@ struct KernelLayout {
     last_arrival: u32,
     /// `task_struct.se.sum_exec_runtime`.
     sum_exec: u32,
+    /// `request.q`, `.cmd_flags`, `.__data_len`, `.start_time_ns`.
+    rq_queue: u32,
+    rq_cmd_flags: u32,
+    rq_data_len: u32,
+    rq_start_time: u32,
+    /// `request_queue.disk`, `gendisk.part0`, `block_device.bd_dev`.
+    queue_disk: u32,
+    disk_part0: u32,
+    bdev_dev: u32,
 }
 
 impl KernelLayout {
@@ -223,6 +232,13 @@ impl KernelLayout {
             pcount: sched_info + offset("sched_info", "pcount")?,
             last_arrival: sched_info + offset("sched_info", "last_arrival")?,
             sum_exec: offset("task_struct", "se")? + offset("sched_entity", "sum_exec_runtime")?,
+            rq_queue: offset("request", "q")?,
+            rq_cmd_flags: offset("request", "cmd_flags")?,
+            rq_data_len: offset("request", "__data_len")?,
+            rq_start_time: offset("request", "start_time_ns")?,
+            queue_disk: offset("request_queue", "disk")?,
+            disk_part0: offset("gendisk", "part0")?,
+            bdev_dev: offset("block_device", "bd_dev")?,
         })
     }
 }
@@ -329,6 +345,13 @@ impl Programs {
             .override_global(globals::TASK_SUM_EXEC_OFFSET, &l.sum_exec, true)
             .override_global(globals::TASK_TGID_OFFSET, &l.task_tgid, true)
             .override_global(globals::TASK_COMM_OFFSET, &l.task_comm, true)
+            .override_global(globals::RQ_QUEUE_OFFSET, &l.rq_queue, true)
+            .override_global(globals::RQ_CMD_FLAGS_OFFSET, &l.rq_cmd_flags, true)
+            .override_global(globals::RQ_DATA_LEN_OFFSET, &l.rq_data_len, true)
+            .override_global(globals::RQ_START_TIME_OFFSET, &l.rq_start_time, true)
+            .override_global(globals::QUEUE_DISK_OFFSET, &l.queue_disk, true)
+            .override_global(globals::DISK_PART0_OFFSET, &l.disk_part0, true)
+            .override_global(globals::BDEV_DEV_OFFSET, &l.bdev_dev, true)
             .override_global(globals::THREAD_SLOTS_MASK, &thread_slots_mask, true)
             .map_max_entries(maps::THREADS, thread_slots)
             .map_max_entries(maps::SYSCALL_START, thread_slots)

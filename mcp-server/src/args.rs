@@ -80,7 +80,8 @@ pub enum LatencyKindArg {
     /// Run-queue delay: runnable but waiting for a CPU (CPU contention).
     #[default]
     Runqueue,
-    /// Block IO request latency, issue to completion.
+    /// Block IO request latency, from the request's start (queued, as iostat's await) to
+    /// completion.
     Io,
     /// Latency of connect, accept, accept4, fsync, fdatasync, sync_file_range, per syscall.
     Syscall,

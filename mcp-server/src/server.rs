@@ -291,7 +291,7 @@ answering connects to closed ports.",
     #[tool(
         description = "Which services are slow right now? Services whose latency at `percentile` (default 99) \
 over the window is at least `threshold_ms`, worst first. kind: runqueue (default; waiting for a CPU: CPU \
-contention), io (block requests, issue to completion, attributed to the issuing process), syscall (connect, \
+contention), io (block requests, queued to completion as iostat's await, attributed to the issuing process), syscall (connect, \
 accept, accept4, fsync, fdatasync, sync_file_range; one row per service and syscall), connect (TCP handshake of \
 successful connects). Percentiles come from in-kernel log2 histograms, so they are within a factor of two; mean \
 is exact. Returns {kind, percentile, threshold_ms, services: [{service, syscall?, value_ms, p50_ms, p99_ms, \

@@ -105,8 +105,8 @@ pub mod programs {
         tp("sched_process_exit", "sched", "sched_process_exit"),
         tp("mark_victim", "oom", "mark_victim"),
         btf("mm_page_alloc", "mm_page_alloc"),
-        tp("block_rq_issue", "block", "block_rq_issue"),
-        tp("block_rq_complete", "block", "block_rq_complete"),
+        btf("block_rq_issue", "block_rq_issue"),
+        btf("block_rq_complete", "block_rq_complete"),
         tp("sys_enter_slow", "syscalls", "sys_enter_connect"),
         tp("sys_enter_slow", "syscalls", "sys_enter_accept"),
         tp("sys_enter_slow", "syscalls", "sys_enter_accept4"),
@@ -123,8 +123,8 @@ pub mod programs {
         tp("baseline_sched_process_exit", "sched", "sched_process_exit"),
         tp("baseline_mark_victim", "oom", "mark_victim"),
         btf("baseline_mm_page_alloc", "mm_page_alloc"),
-        tp("baseline_block_rq_issue", "block", "block_rq_issue"),
-        tp("baseline_block_rq_complete", "block", "block_rq_complete"),
+        btf("baseline_block_rq_issue", "block_rq_issue"),
+        btf("baseline_block_rq_complete", "block_rq_complete"),
         tp("baseline_sys_enter_slow", "syscalls", "sys_enter_connect"),
         tp("baseline_sys_enter_slow", "syscalls", "sys_enter_accept"),
         tp("baseline_sys_enter_slow", "syscalls", "sys_enter_accept4"),
@@ -195,6 +195,20 @@ pub mod globals {
     pub const TASK_TGID_OFFSET: &str = "TASK_TGID_OFFSET";
     /// Byte offset of `comm` (the 16-byte name) in `struct task_struct`.
     pub const TASK_COMM_OFFSET: &str = "TASK_COMM_OFFSET";
+    /// Byte offset of `q` (its queue) in `struct request`.
+    pub const RQ_QUEUE_OFFSET: &str = "RQ_QUEUE_OFFSET";
+    /// Byte offset of `cmd_flags` (operation and flags) in `struct request`.
+    pub const RQ_CMD_FLAGS_OFFSET: &str = "RQ_CMD_FLAGS_OFFSET";
+    /// Byte offset of `__data_len` (bytes left to transfer) in `struct request`.
+    pub const RQ_DATA_LEN_OFFSET: &str = "RQ_DATA_LEN_OFFSET";
+    /// Byte offset of `start_time_ns` (the block layer's own timestamp) in `struct request`.
+    pub const RQ_START_TIME_OFFSET: &str = "RQ_START_TIME_OFFSET";
+    /// Byte offset of `disk` in `struct request_queue`.
+    pub const QUEUE_DISK_OFFSET: &str = "QUEUE_DISK_OFFSET";
+    /// Byte offset of `part0` (the whole disk's block device) in `struct gendisk`.
+    pub const DISK_PART0_OFFSET: &str = "DISK_PART0_OFFSET";
+    /// Byte offset of `bd_dev` (the device number) in `struct block_device`.
+    pub const BDEV_DEV_OFFSET: &str = "BDEV_DEV_OFFSET";
 }
 
 /// Buckets of a [`LatHist`]: bucket 0 holds latencies under 1 µs, bucket `i` those in
@@ -327,35 +341,32 @@ pub struct IoStats {
     pub errors: u64,
 }
 
-/// A request in flight, keyed by [`IoReqKey`].
+/// A request in flight, keyed by the address of its `struct request`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct InflightIo {
     /// Issuer.
     pub owner: Owner,
-    /// `bpf_ktime_get_ns` at issue.
-    pub issued_ns: u64,
+    /// When the request started: the block layer's own `start_time_ns` (set when the request
+    /// was allocated, the start of iostat's await) when it keeps one, else the issue.
+    pub start_ns: u64,
     /// Request size.
     pub bytes: u32,
+    /// Device (`dev_t`).
+    pub dev: u32,
     /// 1 for writes and flushes.
     pub write: u32,
+    pub _pad: u32,
 }
 
-/// Identifies a block request between issue and completion.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct IoReqKey {
-    /// Device.
-    pub dev: u32,
-    /// Always 1, so that no request's key is the all-zero key of a free way of an [`IoBucket`].
-    pub used: u32,
-    /// First sector.
-    pub sector: u64,
-}
-
-/// Block requests in flight that hash alike (see [`Ways`]; a hash insert and delete per
-/// request cost several times a trivial program). A free way's key is all zeros.
-pub type IoBucket = Ways<IoReqKey, InflightIo, IO_WAYS>;
+/// Block requests in flight that hash alike, keyed by the address of their `struct request`
+/// (see [`Ways`]; a hash insert and delete per request cost several times a trivial program).
+/// A free way's key is 0.
+///
+/// A device's requests are preallocated, one per tag, and a free tag is reused at once, so
+/// the requests in flight are a few addresses that keep coming back: their buckets stay in
+/// the cache, where keys made of the device and sector touched a random bucket each time.
+pub type IoBucket = Ways<u64, InflightIo, IO_WAYS>;
 
 /// Ways per [`IoBucket`].
 pub const IO_WAYS: usize = 4;
@@ -363,11 +374,16 @@ pub const IO_WAYS: usize = 4;
 /// Number of [`IoBucket`]s (a power of two): 8,192 requests in flight in 448 KiB.
 pub const IO_BUCKETS: u32 = 2048;
 
-/// The bucket of the request at `sector` on `dev`.
+/// The bucket of the request at `rq`, from the address's low 32 bits. Requests are cache-line
+/// aligned (their size is rounded up to one), so the low 6 bits carry nothing; Fibonacci
+/// hashing spreads the rest.
+///
+/// 32-bit arithmetic on purpose: in a BTF tracepoint the request is a typed pointer, on which
+/// the verifier refuses shifts and multiplies, while a 32-bit copy of it is a plain number
+/// (for programs loaded with CAP_PERFMON, which bpfsight needs anyway).
 #[inline(always)]
-pub const fn io_bucket(dev: u32, sector: u64) -> u32 {
-    ((sector ^ ((dev as u64) << 40)).wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        >> (64 - IO_BUCKETS.trailing_zeros())) as u32
+pub const fn io_bucket(rq: u32) -> u32 {
+    ((rq >> 6).wrapping_mul(0x9E37_79B9)) >> (32 - IO_BUCKETS.trailing_zeros())
 }
 
 /// Syscall aggregation key.
@@ -883,14 +899,6 @@ pub mod layout {
         pub const TOTAL_VM: usize = 16;
         pub const ANON_RSS: usize = 24;
     }
-    /// `block:block_rq_issue` and `block:block_rq_complete` (same leading layout).
-    pub mod block_rq {
-        pub const DEV: usize = 8;
-        pub const SECTOR: usize = 16;
-        pub const ISSUE_BYTES: usize = 28;
-        pub const COMPLETE_ERROR: usize = 28;
-        pub const RWBS: usize = 34;
-    }
     /// `sched:sched_process_exit`.
     pub mod sched_process_exit {
         pub const PID: usize = 24;
@@ -933,14 +941,6 @@ pub mod layout {
         ("oom", "mark_victim", "comm", 12, 4),
         ("oom", "mark_victim", "total_vm", 16, 8),
         ("oom", "mark_victim", "anon_rss", 24, 8),
-        ("block", "block_rq_issue", "dev", 8, 4),
-        ("block", "block_rq_issue", "sector", 16, 8),
-        ("block", "block_rq_issue", "bytes", 28, 4),
-        ("block", "block_rq_issue", "rwbs", 34, 10),
-        ("block", "block_rq_complete", "dev", 8, 4),
-        ("block", "block_rq_complete", "sector", 16, 8),
-        ("block", "block_rq_complete", "error", 28, 4),
-        ("block", "block_rq_complete", "rwbs", 34, 10),
         ("sched", "sched_process_exit", "pid", 24, 4),
         ("sched", "sched_process_exit", "group_dead", 32, 1),
     ];
@@ -1021,13 +1021,14 @@ mod tests {
         assert!(overflowing <= 5, "{overflowing} buckets hold more than {SOCK_WAYS} sockets");
     }
 
-    /// A deep queue of sequential 4 KiB writes on two devices fits without a full bucket.
+    /// Two devices' full tag sets (1,024 requests each, as blk-mq lays them out: back to back,
+    /// each rounded up to a cache line) are all in flight at once without a full bucket.
     #[test]
-    fn io_buckets_spread_sequential_requests() {
+    fn io_buckets_spread_a_devices_requests() {
         let mut load = [0u32; IO_BUCKETS as usize];
-        for dev in [8 << 20, (259 << 20) | 1] {
-            for i in 0..1024u64 {
-                let b = io_bucket(dev, 2048 + i * 8);
+        for base in [0xffff_8881_0400_0000u64, 0xffff_8881_2a00_0000] {
+            for tag in 0..1024u64 {
+                let b = io_bucket((base + tag * 448) as u32);
                 assert!(b < IO_BUCKETS);
                 load[b as usize] += 1;
             }

@@ -82,13 +82,13 @@ pub fn baseline_mm_page_alloc(_ctx: BtfTracePointContext) -> u32 {
     tick(14)
 }
 
-#[tracepoint]
-pub fn baseline_block_rq_issue(_ctx: TracePointContext) -> u32 {
+#[btf_tracepoint(function = "block_rq_issue")]
+pub fn baseline_block_rq_issue(_ctx: BtfTracePointContext) -> u32 {
     tick(15)
 }
 
-#[tracepoint]
-pub fn baseline_block_rq_complete(_ctx: TracePointContext) -> u32 {
+#[btf_tracepoint(function = "block_rq_complete")]
+pub fn baseline_block_rq_complete(_ctx: BtfTracePointContext) -> u32 {
     tick(16)
 }
 

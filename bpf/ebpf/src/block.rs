@@ -1,38 +1,77 @@
-//! Block IO: latency from issue to completion, bytes and operations, attributed to the process
-//! that issued the request (at issue time), per device.
+//! Block IO: latency of each request to its completion, bytes and operations, attributed to
+//! the process that issued the request (at issue time), per device.
+//!
+//! BTF tracepoints: the request itself is the argument, so a request in flight is keyed by its
+//! address (see [`IoBucket`](bpfsight_common::IoBucket)), and its start is the block layer's
+//! own timestamp when it keeps one, which spares a clock read per request.
 
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use bpfsight_common::{InflightIo, IoKey, IoReqKey, layout::block_rq as f};
+use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
+use bpfsight_common::{InflightIo, IoKey};
 
 use crate::maps::{bump_io, io_put, io_take};
-use crate::record::{at, current_owner, now_ns};
+use crate::record::{btf_field, current_owner, now_ns};
 
+/// Byte offsets in the block layer's structs, set by the loader from the kernel's BTF.
+#[unsafe(no_mangle)]
+static RQ_QUEUE_OFFSET: u32 = 0;
+#[unsafe(no_mangle)]
+static RQ_CMD_FLAGS_OFFSET: u32 = 0;
+#[unsafe(no_mangle)]
+static RQ_DATA_LEN_OFFSET: u32 = 0;
+#[unsafe(no_mangle)]
+static RQ_START_TIME_OFFSET: u32 = 0;
+#[unsafe(no_mangle)]
+static QUEUE_DISK_OFFSET: u32 = 0;
+#[unsafe(no_mangle)]
+static DISK_PART0_OFFSET: u32 = 0;
+#[unsafe(no_mangle)]
+static BDEV_DEV_OFFSET: u32 = 0;
+
+/// `enum req_op`: the operation is the low byte of `cmd_flags`.
+const REQ_OP_MASK: u32 = 0xff;
+const REQ_OP_WRITE: u32 = 1;
+const REQ_OP_FLUSH: u32 = 2;
+
+/// The device of request `rq`, as the classic tracepoint reports it (`disk_devt`: the whole
+/// disk's); 0 for a request without a disk.
 #[inline(always)]
-fn req_key(ctx: &TracePointContext) -> IoReqKey {
-    IoReqKey { dev: at(ctx, f::DEV), used: 1, sector: at(ctx, f::SECTOR) }
+fn rq_dev(rq: u64) -> u32 {
+    let q: u64 = btf_field(rq, &RQ_QUEUE_OFFSET);
+    let disk: u64 = btf_field(q, &QUEUE_DISK_OFFSET);
+    if disk == 0 {
+        return 0;
+    }
+    let part0: u64 = btf_field(disk, &DISK_PART0_OFFSET);
+    btf_field(part0, &BDEV_DEV_OFFSET)
 }
 
-#[tracepoint]
-pub fn block_rq_issue(ctx: TracePointContext) -> u32 {
-    // rwbs starts with 'W' for writes, 'F' for flushes ("FWS"), 'R' for reads.
-    let op = at::<u8>(&ctx, f::RWBS);
+#[btf_tracepoint(function = "block_rq_issue")]
+pub fn block_rq_issue(ctx: BtfTracePointContext) -> u32 {
+    // block_rq_issue(struct request *rq)
+    let rq: u64 = ctx.arg(0);
+    let op = btf_field::<u32>(rq, &RQ_CMD_FLAGS_OFFSET) & REQ_OP_MASK;
+    // Set when the request was allocated if the queue keeps IO statistics (the default) or
+    // has a scheduler; 0 otherwise.
+    let started: u64 = btf_field(rq, &RQ_START_TIME_OFFSET);
     let io = InflightIo {
         owner: current_owner(),
-        issued_ns: now_ns(),
-        bytes: at(&ctx, f::ISSUE_BYTES),
-        write: (op == b'W' || op == b'F') as u32,
+        start_ns: if started != 0 { started } else { now_ns() },
+        bytes: btf_field(rq, &RQ_DATA_LEN_OFFSET),
+        dev: rq_dev(rq),
+        write: (op == REQ_OP_WRITE || op == REQ_OP_FLUSH) as u32,
+        _pad: 0,
     };
-    io_put(&req_key(&ctx), &io);
+    io_put(rq, &io);
     0
 }
 
-#[tracepoint]
-pub fn block_rq_complete(ctx: TracePointContext) -> u32 {
-    let key = req_key(&ctx);
-    let Some(io) = io_take(&key) else { return 0 };
-    let lat = now_ns().saturating_sub(io.issued_ns);
-    let error: i32 = at(&ctx, f::COMPLETE_ERROR);
-    bump_io(&IoKey { owner: io.owner, dev: key.dev, _pad: 0 }, |s| {
+#[btf_tracepoint(function = "block_rq_complete")]
+pub fn block_rq_complete(ctx: BtfTracePointContext) -> u32 {
+    // block_rq_complete(struct request *rq, blk_status_t error, unsigned int nr_bytes)
+    let Some(io) = io_take(ctx.arg(0)) else { return 0 };
+    let lat = now_ns().saturating_sub(io.start_ns);
+    let error = ctx.arg::<u64>(1) as u8;
+    bump_io(&IoKey { owner: io.owner, dev: io.dev, _pad: 0 }, |s| {
         s.lat.add(lat);
         if io.write != 0 {
             s.write_ops += 1;

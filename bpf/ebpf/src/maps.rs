@@ -9,9 +9,9 @@ use aya_ebpf::{
 };
 use bpfsight_common::{
     COUNTERS_LEN, ConnKey, ConnStats, Counter, DESTROYED_TAG, IO_BUCKETS, IO_WAYS, InflightIo, IoBucket,
-    IoKey, IoReqKey, IoStats, LatHist, ListenKey, Owner, ProcStats, SEND_SLOTS_PER_CPU, SOCK_BUCKETS,
-    SOCK_WAYS, SendSlot, SendStats, SockBucket, SockCounts, SockState, SyscallKey, io_bucket, send_slot,
-    sock_bucket, sock_flags,
+    IoKey, IoStats, LatHist, ListenKey, Owner, ProcStats, SEND_SLOTS_PER_CPU, SOCK_BUCKETS, SOCK_WAYS,
+    SendSlot, SendStats, SockBucket, SockCounts, SockState, SyscallKey, io_bucket, send_slot, sock_bucket,
+    sock_flags,
 };
 
 /// Sockets we track, by [`sock_bucket`], marked destroyed by `tcp_destroy_sock` and reused like
@@ -378,42 +378,46 @@ pub fn claim_slot(t: &mut ThreadSlot, tid: u32, owner: Owner) {
 #[map(name = "IO_INFLIGHT")]
 pub static IO_INFLIGHT: Array<IoBucket> = Array::with_max_entries(IO_BUCKETS, 0);
 
-/// The bucket of request `key`.
+/// The bucket of request `rq`.
 #[inline(always)]
-fn io_bucket_of(key: &IoReqKey) -> Option<&'static mut IoBucket> {
+fn io_bucket_of(rq: u64) -> Option<&'static mut IoBucket> {
     // SAFETY: array value pointer, valid for the program run; two CPUs meet in one bucket only
     // for requests that hash alike.
-    IO_INFLIGHT.get_ptr_mut(io_bucket(key.dev, key.sector)).map(|b| unsafe { &mut *b })
+    IO_INFLIGHT.get_ptr_mut(io_bucket(rq as u32)).map(|b| unsafe { &mut *b })
 }
 
-/// The key of a free way in an [`IoBucket`].
-const FREE_REQ: IoReqKey = IoReqKey { dev: 0, used: 0, sector: 0 };
-
-/// Remembers request `key` until its completion: in a free way, else in place of the oldest
-/// (a request whose completion was missed; counted).
+/// Remembers request `rq` until its completion: in its own way (a request issued again,
+/// requeued or completed while we were not watching), else a free one, else in place of the
+/// one that started first (a request whose completion was missed; counted).
 #[inline(always)]
-pub fn io_put(key: &IoReqKey, io: &InflightIo) {
-    let Some(b) = io_bucket_of(key) else { return };
-    let w = b.slot_for(key, &FREE_REQ).unwrap_or_else(|| {
+pub fn io_put(rq: u64, io: &InflightIo) {
+    if rq == 0 {
+        return;
+    }
+    let Some(b) = io_bucket_of(rq) else { return };
+    let w = b.slot_for(&rq, &0).unwrap_or_else(|| {
         count(Counter::StartMapFull);
         let mut oldest = 0;
         for w in 1..IO_WAYS {
-            if b.value[w].issued_ns < b.value[oldest].issued_ns {
+            if b.value[w].start_ns < b.value[oldest].start_ns {
                 oldest = w;
             }
         }
         oldest
     });
-    b.set(w, *key, io);
+    b.set(w, rq, io);
 }
 
-/// Takes request `key` out of the table, if it was issued while we watched.
+/// Takes request `rq` out of the table, if it was issued while we watched.
 #[inline(always)]
-pub fn io_take(key: &IoReqKey) -> Option<InflightIo> {
-    let b = io_bucket_of(key)?;
-    let w = b.find(key)?;
+pub fn io_take(rq: u64) -> Option<InflightIo> {
+    if rq == 0 {
+        return None;
+    }
+    let b = io_bucket_of(rq)?;
+    let w = b.find(&rq)?;
     let io = *b.value.get(w)?;
-    b.clear(w, FREE_REQ);
+    b.clear(w, 0);
     Some(io)
 }
 
