@@ -363,9 +363,9 @@ pub struct InflightIo {
 /// (see [`Ways`]; a hash insert and delete per request cost several times a trivial program).
 /// A free way's key is 0.
 ///
-/// A device's requests are preallocated, one per tag, and a free tag is reused at once, so
-/// the requests in flight are a few addresses that keep coming back: their buckets stay in
-/// the cache, where keys made of the device and sector touched a random bucket each time.
+/// A device's requests are preallocated, one per tag, so the requests in flight come from a
+/// fixed set of a few hundred addresses per device whose buckets tend to stay in the cache,
+/// where keys made of the device and sector touched a new random bucket nearly every time.
 pub type IoBucket = Ways<u64, InflightIo, IO_WAYS>;
 
 /// Ways per [`IoBucket`].
