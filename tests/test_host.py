@@ -141,6 +141,50 @@ def test_direct_reads_are_counted_one_request_each_on_their_disk():
     run_with_server(body)
 
 
+@contextlib.contextmanager
+def loop_device(tmp_path, size):
+    """A loop device over a sparse file of `size` bytes, detached afterwards."""
+    backing = tmp_path / "loop.img"
+    with open(backing, "wb") as f:
+        f.truncate(size)
+    dev = subprocess.run(
+        ["losetup", "--find", "--show", str(backing)], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    try:
+        yield dev
+    finally:
+        subprocess.run(["losetup", "--detach", dev], check=False)
+
+
+def test_a_discard_is_neither_read_nor_written(tmp_path):
+    async def body(s):
+        with loop_device(tmp_path, 64 << 20) as dev:
+            rdev = os.stat(dev).st_rdev
+            w = Workload("discard-read", "discarder", 0, count=100, size=32 << 20, dir=dev)
+            count = int((await anyio.to_thread.run_sync(w.wait)).split()[-1])
+            await settle()
+
+            use = await call(s, "get_resource_usage", {"service": "discarder", "resource": "io", "window": "1m"})
+            io = use["io"]
+            # This process's O_DIRECT reads, one request each, on the loop device.
+            assert count <= io["read_ops"] <= count + 8, (io, count)
+            assert count * 4096 <= io["read_bytes"] <= (count + 8) * 4096, (io, count)
+            assert io["write_ops"] == 0 and io["write_bytes"] == 0, io
+            assert io["latency"]["samples"] == io["read_ops"], io
+            device = f"{os.major(rdev)}:{os.minor(rdev)}"
+            assert [d["device"] for d in io["devices"]] == [device], (io, dev)
+            # The block layer dispatches the 32 MiB discard from its own worker thread
+            # (kblockd, so `[kernel]`); it moves no data, so it is neither read nor written.
+            # (It used to count as 32 MiB read.)
+            for svc in ("discarder", "[kernel]"):
+                use = await call(s, "get_resource_usage", {"service": svc, "resource": "io", "window": "1m"})
+                on_loop = [d for d in use["io"]["devices"] if d["device"] == device]
+                moved = sum(d["read_bytes"] + d["write_bytes"] for d in on_loop)
+                assert moved < 1 << 20, (svc, on_loop)
+
+    run_with_server(body)
+
+
 def test_opening_missing_files_shows_enoent_for_that_service_only():
     async def body(s):
         w = Workload("enoent", "enoent-loop", 0, count=5000)

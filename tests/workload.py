@@ -5,6 +5,7 @@ service name. Run: python workload.py ROLE --name NAME --port PORT [--host H] [-
 """
 import argparse
 import ctypes
+import fcntl
 import mmap
 import os
 import socket
@@ -210,6 +211,21 @@ def direct_read(a) -> None:
     print(a.count, f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}", flush=True)
 
 
+def discard_read(a) -> None:
+    """On block device --dir: discards its first --size bytes (BLKDISCARD, issued from this
+    process), then reads --count 4 KiB blocks with O_DIRECT; prints the count."""
+    blkdiscard = 0x1277  # _IO(0x12, 119)
+    fd = os.open(a.dir, os.O_RDWR | os.O_DIRECT)
+    try:
+        fcntl.ioctl(fd, blkdiscard, struct.pack("QQ", 0, a.size))
+        buf = mmap.mmap(-1, 4096)
+        for i in range(a.count):
+            assert os.preadv(fd, [buf], i * 4096) == 4096
+    finally:
+        os.close(fd)
+    print(a.count, flush=True)
+
+
 def enoent(a) -> None:
     """Opens --count missing files (each fails with ENOENT)."""
     for i in range(a.count):
@@ -235,6 +251,7 @@ ROLES = {
     "sleeper": sleeper,
     "fsync": fsync_loop,
     "direct-read": direct_read,
+    "discard-read": discard_read,
     "enoent": enoent,
     "alloc": alloc,
     "echo-server": echo_server,

@@ -27,8 +27,10 @@ static DISK_PART0_OFFSET: u32 = 0;
 #[unsafe(no_mangle)]
 static BDEV_DEV_OFFSET: u32 = 0;
 
-/// `enum req_op`: the operation is the low byte of `cmd_flags`.
+/// `enum req_op`: the operation is the low byte of `cmd_flags`. These three have had these
+/// values since the operations were numbered.
 const REQ_OP_MASK: u32 = 0xff;
+const REQ_OP_READ: u32 = 0;
 const REQ_OP_WRITE: u32 = 1;
 const REQ_OP_FLUSH: u32 = 2;
 
@@ -50,6 +52,12 @@ pub fn block_rq_issue(ctx: BtfTracePointContext) -> u32 {
     // block_rq_issue(struct request *rq)
     let rq: u64 = ctx.arg(0);
     let op = btf_field::<u32>(rq, &RQ_CMD_FLAGS_OFFSET) & REQ_OP_MASK;
+    // Reads, writes and flushes only: a discard's or write-zeroes' size is blocks released
+    // or zeroed, not data moved (deleting a file on a `discard` mount would count as
+    // gigabytes read), and zone management and driver commands move none either.
+    if op != REQ_OP_READ && op != REQ_OP_WRITE && op != REQ_OP_FLUSH {
+        return 0;
+    }
     // Set when the request was allocated if the queue keeps IO statistics (the default) or
     // has a scheduler; 0 otherwise.
     let started: u64 = btf_field(rq, &RQ_START_TIME_OFFSET);
@@ -58,7 +66,7 @@ pub fn block_rq_issue(ctx: BtfTracePointContext) -> u32 {
         start_ns: if started != 0 { started } else { now_ns() },
         bytes: btf_field(rq, &RQ_DATA_LEN_OFFSET),
         dev: rq_dev(rq),
-        write: (op == REQ_OP_WRITE || op == REQ_OP_FLUSH) as u32,
+        write: (op != REQ_OP_READ) as u32,
         _pad: 0,
     };
     io_put(rq, &io);
