@@ -185,6 +185,35 @@ def test_a_discard_is_neither_read_nor_written(tmp_path):
     run_with_server(body)
 
 
+def test_writes_a_device_fails_are_counted_as_errors_of_the_writer(tmp_path):
+    async def body(s):
+        # A loop device whose backing file sits on a 1 MiB tmpfs: past the first MiB, each
+        # write fails in the device (ENOSPC from the backing file, an error status for the
+        # block request), a real failing disk without device-mapper.
+        small = tmp_path / "small"
+        small.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], check=True)
+        try:
+            with loop_device(small, 64 << 20) as dev:
+                rdev = os.stat(dev).st_rdev
+                w = Workload("write-fail", "failing-writer", 0, count=40, size=65536, dir=dev)
+                ok, failed = map(int, (await anyio.to_thread.run_sync(w.wait)).split()[-2:])
+                await settle()
+        finally:
+            subprocess.run(["umount", str(small)], check=False)
+        assert ok > 0 and failed > 0, (ok, failed)
+
+        use = await call(s, "get_resource_usage", {"service": "failing-writer", "resource": "io", "window": "1m"})
+        io = use["io"]
+        # One request per write, failed or not, each with its error status.
+        assert io["write_ops"] == ok + failed and io["write_bytes"] == (ok + failed) * 65536, (io, ok, failed)
+        assert io["errors"] == failed, (io, failed)
+        device = f"{os.major(rdev)}:{os.minor(rdev)}"
+        assert [(d["device"], d["errors"]) for d in io["devices"]] == [(device, failed)], (io, dev)
+
+    run_with_server(body)
+
+
 def test_opening_missing_files_shows_enoent_for_that_service_only():
     async def body(s):
         w = Workload("enoent", "enoent-loop", 0, count=5000)

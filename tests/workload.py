@@ -226,6 +226,25 @@ def discard_read(a) -> None:
     print(a.count, flush=True)
 
 
+def write_fail(a) -> None:
+    """Writes --count blocks of --size bytes with O_DIRECT to block device --dir, going on
+    after failures; prints how many writes succeeded and how many failed."""
+    fd = os.open(a.dir, os.O_WRONLY | os.O_DIRECT)
+    buf = mmap.mmap(-1, a.size)
+    buf.write(b"x" * a.size)
+    ok = failed = 0
+    try:
+        for i in range(a.count):
+            try:
+                os.pwritev(fd, [buf], i * a.size)
+                ok += 1
+            except OSError:
+                failed += 1
+    finally:
+        os.close(fd)
+    print(ok, failed, flush=True)
+
+
 def enoent(a) -> None:
     """Opens --count missing files (each fails with ENOENT)."""
     for i in range(a.count):
@@ -252,6 +271,7 @@ ROLES = {
     "fsync": fsync_loop,
     "direct-read": direct_read,
     "discard-read": discard_read,
+    "write-fail": write_fail,
     "enoent": enoent,
     "alloc": alloc,
     "echo-server": echo_server,
