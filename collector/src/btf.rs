@@ -7,6 +7,7 @@
 use std::path::Path;
 
 const MAGIC: u16 = 0xeb9f;
+const KIND_PTR: u32 = 2;
 const KIND_STRUCT: u32 = 4;
 const KIND_UNION: u32 = 5;
 const KIND_TYPEDEF: u32 = 8;
@@ -28,6 +29,14 @@ pub enum BtfError {
     /// The struct or member is not there.
     #[error("no member {member} in struct {strukt} in the kernel's BTF")]
     NotFound {
+        /// Struct name.
+        strukt: String,
+        /// Member name.
+        member: String,
+    },
+    /// The member is there, but not a pointer (a program would follow it).
+    #[error("member {member} of struct {strukt} is not a pointer in the kernel's BTF")]
+    NotAPointer {
         /// Struct name.
         strukt: String,
         /// Member name.
@@ -136,20 +145,36 @@ impl Btf {
 
     /// Byte offset of `member` in `struct strukt`, looking inside anonymous structs/unions.
     pub fn member_offset(&self, strukt: &str, member: &str) -> Result<usize, BtfError> {
+        self.member(strukt, member).map(|(offset, _)| offset)
+    }
+
+    /// Like [`Btf::member_offset`], for a member that must be a pointer: a program that
+    /// follows it would be refused where the kernel embeds the struct instead.
+    pub fn pointer_member_offset(&self, strukt: &str, member: &str) -> Result<usize, BtfError> {
+        let (offset, type_id) = self.member(strukt, member)?;
+        match self.resolve(type_id) {
+            Some(t) if t.kind == KIND_PTR => Ok(offset),
+            _ => Err(BtfError::NotAPointer { strukt: strukt.into(), member: member.into() }),
+        }
+    }
+
+    /// Byte offset and type id of `member` in `struct strukt`.
+    fn member(&self, strukt: &str, member: &str) -> Result<(usize, usize), BtfError> {
         let not_found = || BtfError::NotFound { strukt: strukt.into(), member: member.into() };
         let t = self
             .types
             .iter()
             .find(|t| t.kind == KIND_STRUCT && t.vlen > 0 && self.name(t.name_off) == strukt)
             .ok_or_else(not_found)?;
-        let bits = self.find_member(*t, member, 0, 0).ok_or_else(not_found)?;
+        let (bits, type_id) = self.find_member(*t, member, 0, 0).ok_or_else(not_found)?;
         if bits % 8 != 0 {
             return Err(not_found());
         }
-        Ok(bits / 8)
+        Ok((bits / 8, type_id))
     }
 
-    fn find_member(&self, t: Type, member: &str, base_bits: usize, depth: usize) -> Option<usize> {
+    /// The bit offset and type id of `member`.
+    fn find_member(&self, t: Type, member: &str, base_bits: usize, depth: usize) -> Option<(usize, usize)> {
         if depth > 8 {
             return None;
         }
@@ -161,7 +186,7 @@ impl Btf {
             let bits = base_bits + if t.kind_flag { raw & 0xff_ffff } else { raw };
             let name = self.name(name_off);
             if name == member {
-                return Some(bits);
+                return Some((bits, type_id));
             }
             if name.is_empty() {
                 let inner = self.resolve(type_id)?;
@@ -205,6 +230,22 @@ mod tests {
         let proto = btf.member_offset("sock", "sk_protocol").unwrap();
         assert!(proto > 16 && proto < 1024, "{proto}");
         assert!(matches!(btf.member_offset("sock", "no_such_member"), Err(BtfError::NotFound { .. })));
+    }
+
+    /// The block programs follow `request.q`, `request_queue.disk` and `gendisk.part0`; a
+    /// member that is a struct, not a pointer to one, is told apart.
+    #[test]
+    fn tells_pointer_members_from_embedded_ones() {
+        let btf = Btf::from_sys_fs().expect("kernel BTF");
+        for (strukt, member) in [("request", "q"), ("request_queue", "disk"), ("gendisk", "part0")] {
+            let offset = btf.pointer_member_offset(strukt, member).unwrap();
+            assert_eq!(offset, btf.member_offset(strukt, member).unwrap(), "{strukt}.{member}");
+        }
+        // `task_struct.se` is an embedded `struct sched_entity`; `comm` an array.
+        for member in ["se", "comm"] {
+            let e = btf.pointer_member_offset("task_struct", member).unwrap_err();
+            assert!(matches!(e, BtfError::NotAPointer { .. }), "{member}: {e}");
+        }
     }
 
     #[test]

@@ -199,6 +199,16 @@ struct KernelLayout {
     last_arrival: u32,
     /// `task_struct.se.sum_exec_runtime`.
     sum_exec: u32,
+    /// Zeros when the block layer's structs are not as the block programs read them (they
+    /// are then left out).
+    block: BlockLayout,
+}
+
+/// Where the block programs read a request, its queue's disk and its device number. These
+/// structs changed more than the others (`request_queue.disk` is from Linux 5.15, a
+/// `gendisk.part0` pointer from 5.11), so a kernel without them loses the block programs only.
+#[derive(Default)]
+struct BlockLayout {
     /// `request.q`, `.cmd_flags`, `.__data_len`, `.start_time_ns`.
     rq_queue: u32,
     rq_cmd_flags: u32,
@@ -210,8 +220,31 @@ struct KernelLayout {
     bdev_dev: u32,
 }
 
+impl BlockLayout {
+    fn from_btf(btf: &Btf) -> Result<Self, crate::btf::BtfError> {
+        let offset = |strukt: &str, member: &str| btf.member_offset(strukt, member).map(|o| o as u32);
+        // The programs follow these three.
+        let pointer =
+            |strukt: &str, member: &str| btf.pointer_member_offset(strukt, member).map(|o| o as u32);
+        Ok(BlockLayout {
+            rq_queue: pointer("request", "q")?,
+            rq_cmd_flags: offset("request", "cmd_flags")?,
+            rq_data_len: offset("request", "__data_len")?,
+            rq_start_time: offset("request", "start_time_ns")?,
+            queue_disk: pointer("request_queue", "disk")?,
+            disk_part0: pointer("gendisk", "part0")?,
+            bdev_dev: offset("block_device", "bd_dev")?,
+        })
+    }
+}
+
+/// Whether a program on `hook` reads the block layer's structs (see [`BlockLayout`]).
+fn reads_block_layout(hook: Hook) -> bool {
+    matches!(hook, Hook::BtfTracepoint("block_rq_issue" | "block_rq_complete"))
+}
+
 impl KernelLayout {
-    fn from_btf(btf: &Btf) -> Result<Self, CollectorError> {
+    fn from_btf(btf: &Btf, block: BlockLayout) -> Result<Self, CollectorError> {
         let offset = |strukt: &str, member: &str| {
             btf.member_offset(strukt, member).map(|o| o as u32).map_err(|e| CollectorError::Unsupported {
                 what: format!("struct {strukt} layout"),
@@ -232,13 +265,7 @@ impl KernelLayout {
             pcount: sched_info + offset("sched_info", "pcount")?,
             last_arrival: sched_info + offset("sched_info", "last_arrival")?,
             sum_exec: offset("task_struct", "se")? + offset("sched_entity", "sum_exec_runtime")?,
-            rq_queue: offset("request", "q")?,
-            rq_cmd_flags: offset("request", "cmd_flags")?,
-            rq_data_len: offset("request", "__data_len")?,
-            rq_start_time: offset("request", "start_time_ns")?,
-            queue_disk: offset("request_queue", "disk")?,
-            disk_part0: offset("gendisk", "part0")?,
-            bdev_dev: offset("block_device", "bd_dev")?,
+            block,
         })
     }
 }
@@ -293,9 +320,17 @@ impl Programs {
                 hint: format!("{e}; bpfsight needs a kernel built with CONFIG_DEBUG_INFO_BTF=y"),
             })?;
             let mut first_error = None;
+            let block = BlockLayout::from_btf(&btf);
             let plan = plan::plan(&wanted, without, &plan::hidden_hooks(), |hook| {
                 let checked = check_hook(hook, tracefs, &btf).and_then(|()| match hook {
                     Hook::Tracepoint(cat, event) => crate::kernel::check_layout(tracefs, cat, event),
+                    _ if reads_block_layout(hook) => match &block {
+                        Ok(_) => Ok(()),
+                        Err(e) => Err(CollectorError::Load {
+                            what: "block programs".into(),
+                            source: format!("the kernel's block layer structs differ: {e}").into(),
+                        }),
+                    },
                     Hook::BtfTracepoint(_) | Hook::RawTracepoint(_) => Ok(()),
                 });
                 checked.map_err(|e| {
@@ -322,7 +357,7 @@ impl Programs {
             for u in &plan.unavailable {
                 tracing::warn!(signal = %u.signal, program = %u.program, reason = %u.reason, "not collected");
             }
-            (KernelLayout::from_btf(&btf)?, plan)
+            (KernelLayout::from_btf(&btf, block.unwrap_or_default())?, plan)
         };
         let aya_btf = aya::Btf::from_sys_fs().map_err(|e| CollectorError::load("kernel BTF", e))?;
         let thread_slots = thread_slots();
@@ -345,13 +380,13 @@ impl Programs {
             .override_global(globals::TASK_SUM_EXEC_OFFSET, &l.sum_exec, true)
             .override_global(globals::TASK_TGID_OFFSET, &l.task_tgid, true)
             .override_global(globals::TASK_COMM_OFFSET, &l.task_comm, true)
-            .override_global(globals::RQ_QUEUE_OFFSET, &l.rq_queue, true)
-            .override_global(globals::RQ_CMD_FLAGS_OFFSET, &l.rq_cmd_flags, true)
-            .override_global(globals::RQ_DATA_LEN_OFFSET, &l.rq_data_len, true)
-            .override_global(globals::RQ_START_TIME_OFFSET, &l.rq_start_time, true)
-            .override_global(globals::QUEUE_DISK_OFFSET, &l.queue_disk, true)
-            .override_global(globals::DISK_PART0_OFFSET, &l.disk_part0, true)
-            .override_global(globals::BDEV_DEV_OFFSET, &l.bdev_dev, true)
+            .override_global(globals::RQ_QUEUE_OFFSET, &l.block.rq_queue, true)
+            .override_global(globals::RQ_CMD_FLAGS_OFFSET, &l.block.rq_cmd_flags, true)
+            .override_global(globals::RQ_DATA_LEN_OFFSET, &l.block.rq_data_len, true)
+            .override_global(globals::RQ_START_TIME_OFFSET, &l.block.rq_start_time, true)
+            .override_global(globals::QUEUE_DISK_OFFSET, &l.block.queue_disk, true)
+            .override_global(globals::DISK_PART0_OFFSET, &l.block.disk_part0, true)
+            .override_global(globals::BDEV_DEV_OFFSET, &l.block.bdev_dev, true)
             .override_global(globals::THREAD_SLOTS_MASK, &thread_slots_mask, true)
             .map_max_entries(maps::THREADS, thread_slots)
             .map_max_entries(maps::SYSCALL_START, thread_slots)
