@@ -54,7 +54,8 @@ pub fn block_rq_issue(ctx: BtfTracePointContext) -> u32 {
     let op = btf_field::<u32>(rq, &RQ_CMD_FLAGS_OFFSET) & REQ_OP_MASK;
     // Reads, writes and flushes only: a discard's or write-zeroes' size is blocks released
     // or zeroed, not data moved (deleting a file on a `discard` mount would count as
-    // gigabytes read), and zone management and driver commands move none either.
+    // gigabytes read), and zone management and driver commands move none either. (Zone
+    // appends, on zoned devices only, do move data and are not counted yet.)
     if op != REQ_OP_READ && op != REQ_OP_WRITE && op != REQ_OP_FLUSH {
         return 0;
     }
