@@ -98,7 +98,7 @@ def test_fsync_loop_shows_block_io_and_fsync_latency_for_that_service(tmp_path):
         # Every fsync wrote the new 16 KiB (data issued by this process); journal commits go to [kernel].
         assert io["write_ops"] >= fsyncs // 2, (io, fsyncs)
         assert io["write_bytes"] >= fsyncs * 16384 // 2, (io, fsyncs)
-        assert io["latency"]["samples"] == io["write_ops"] + io["read_ops"], io
+        assert io["latency"]["samples"] == io["write_ops"] + io["read_ops"] + io["discard_ops"], io
         assert io["devices"] and ":" in io["devices"][0]["device"], io
         sync = {x["syscall"]: x for x in io["sync_syscalls"]}
         assert sync["fsync"]["samples"] == fsyncs, (sync, fsyncs)  # every call timed, exactly
@@ -135,7 +135,7 @@ def test_direct_reads_are_counted_one_request_each_on_their_disk():
         assert count <= io["read_ops"] <= count + 8, (io, count)
         assert count * size <= io["read_bytes"] <= count * size + 8 * 4096, (io, count)
         assert io["write_bytes"] >= count * size // 2, io
-        assert io["latency"]["samples"] == io["write_ops"] + io["read_ops"], io
+        assert io["latency"]["samples"] == io["write_ops"] + io["read_ops"] + io["discard_ops"], io
         assert [d["device"] for d in io["devices"]] == [whole_disk(dev)], (io, dev)
 
     run_with_server(body)
@@ -156,7 +156,7 @@ def loop_device(tmp_path, size):
         subprocess.run(["losetup", "--detach", dev], check=False)
 
 
-def test_a_discard_is_neither_read_nor_written(tmp_path):
+def test_a_discard_is_counted_as_discarded_not_read_or_written(tmp_path):
     async def body(s):
         with loop_device(tmp_path, 64 << 20) as dev:
             rdev = os.stat(dev).st_rdev
@@ -170,17 +170,21 @@ def test_a_discard_is_neither_read_nor_written(tmp_path):
             assert count <= io["read_ops"] <= count + 8, (io, count)
             assert count * 4096 <= io["read_bytes"] <= (count + 8) * 4096, (io, count)
             assert io["write_ops"] == 0 and io["write_bytes"] == 0, io
-            assert io["latency"]["samples"] == io["read_ops"], io
+            assert io["latency"]["samples"] == io["read_ops"] + io["discard_ops"], io
             device = f"{os.major(rdev)}:{os.minor(rdev)}"
             assert [d["device"] for d in io["devices"]] == [device], (io, dev)
             # The block layer dispatches the 32 MiB discard from its own worker thread
-            # (kblockd, so `[kernel]`); it moves no data, so it is neither read nor written.
-            # (It used to count as 32 MiB read.)
+            # (kblockd, so `[kernel]`), or now and then from the caller. It moves no data: it is
+            # counted as discarded, neither read nor written (it used to count as 32 MiB read).
+            discarded = 0
             for svc in ("discarder", "[kernel]"):
                 use = await call(s, "get_resource_usage", {"service": svc, "resource": "io", "window": "1m"})
                 on_loop = [d for d in use["io"]["devices"] if d["device"] == device]
                 moved = sum(d["read_bytes"] + d["write_bytes"] for d in on_loop)
                 assert moved < 1 << 20, (svc, on_loop)
+                discarded += sum(d["discard_bytes"] for d in on_loop)
+                assert use["io"]["discard_bytes"] >= sum(d["discard_bytes"] for d in on_loop), use
+            assert discarded == 32 << 20, discarded
 
     run_with_server(body)
 

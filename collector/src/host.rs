@@ -136,6 +136,13 @@ pub struct IoTotals {
     pub write_bytes: u64,
     /// Requests that completed with an error.
     pub errors: u64,
+    /// Discard requests: blocks released, no data moved (absent from recordings made before
+    /// they were counted).
+    #[serde(default)]
+    pub discard_ops: u64,
+    /// Bytes discarded.
+    #[serde(default)]
+    pub discard_bytes: u64,
 }
 
 impl IoTotals {
@@ -145,6 +152,8 @@ impl IoTotals {
         self.read_bytes += o.read_bytes;
         self.write_bytes += o.write_bytes;
         self.errors += o.errors;
+        self.discard_ops += o.discard_ops;
+        self.discard_bytes += o.discard_bytes;
     }
 }
 
@@ -236,6 +245,8 @@ impl HostCounters {
             read_bytes: cur.read_bytes.wrapping_sub(prev.read_bytes),
             write_bytes: cur.write_bytes.wrapping_sub(prev.write_bytes),
             errors: cur.errors.wrapping_sub(prev.errors),
+            discard_ops: cur.discard_ops.wrapping_sub(prev.discard_ops),
+            discard_bytes: cur.discard_bytes.wrapping_sub(prev.discard_bytes),
         };
         self.io.add(&d);
         self.add_device(dev, &d);

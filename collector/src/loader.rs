@@ -161,6 +161,8 @@ impl SumCpus for IoStats {
         self.read_bytes = self.read_bytes.wrapping_add(o.read_bytes);
         self.write_bytes = self.write_bytes.wrapping_add(o.write_bytes);
         self.errors = self.errors.wrapping_add(o.errors);
+        self.discard_ops = self.discard_ops.wrapping_add(o.discard_ops);
+        self.discard_bytes = self.discard_bytes.wrapping_add(o.discard_bytes);
     }
 }
 

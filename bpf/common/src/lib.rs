@@ -327,7 +327,7 @@ pub struct IoKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct IoStats {
-    /// Issue-to-completion latency.
+    /// Latency from the request's start (see [`InflightIo::start_ns`]) to its completion.
     pub lat: LatHist,
     /// Read requests completed.
     pub read_ops: u64,
@@ -339,6 +339,10 @@ pub struct IoStats {
     pub write_bytes: u64,
     /// Requests completed with an error.
     pub errors: u64,
+    /// Discard (and secure erase) requests completed: blocks released, no data moved.
+    pub discard_ops: u64,
+    /// Bytes discarded.
+    pub discard_bytes: u64,
 }
 
 /// A request in flight, keyed by the address of its `struct request`.
@@ -354,9 +358,19 @@ pub struct InflightIo {
     pub bytes: u32,
     /// Device (`dev_t`).
     pub dev: u32,
-    /// 1 for writes and flushes.
-    pub write: u32,
+    /// What the request does, one of [`io_kind`].
+    pub kind: u32,
     pub _pad: u32,
+}
+
+/// Kinds of block request, as the kernel's disk statistics group them.
+pub mod io_kind {
+    /// Reads.
+    pub const READ: u32 = 0;
+    /// Writes and cache flushes.
+    pub const WRITE: u32 = 1;
+    /// Discards and secure erases: blocks released, no data moved.
+    pub const DISCARD: u32 = 2;
 }
 
 /// Block requests in flight that hash alike, keyed by the address of their `struct request`

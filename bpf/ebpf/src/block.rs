@@ -6,7 +6,7 @@
 //! own timestamp when it keeps one, which spares a clock read per request.
 
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
-use bpfsight_common::{InflightIo, IoKey};
+use bpfsight_common::{InflightIo, IoKey, io_kind};
 
 use crate::maps::{bump_io, io_put, io_take};
 use crate::record::{btf_field, current_owner, now_ns};
@@ -27,12 +27,14 @@ static DISK_PART0_OFFSET: u32 = 0;
 #[unsafe(no_mangle)]
 static BDEV_DEV_OFFSET: u32 = 0;
 
-/// `enum req_op`: the operation is the low byte of `cmd_flags`. These three have had these
-/// values since the operations were numbered.
+/// `enum req_op`: the operation is the low byte of `cmd_flags`. These have had these values
+/// since Linux 4.10.
 const REQ_OP_MASK: u32 = 0xff;
 const REQ_OP_READ: u32 = 0;
 const REQ_OP_WRITE: u32 = 1;
 const REQ_OP_FLUSH: u32 = 2;
+const REQ_OP_DISCARD: u32 = 3;
+const REQ_OP_SECURE_ERASE: u32 = 5;
 
 /// The device of request `rq`, as the classic tracepoint reports it (`disk_devt`: the whole
 /// disk's); 0 for a request without a disk.
@@ -51,14 +53,16 @@ fn rq_dev(rq: u64) -> u32 {
 pub fn block_rq_issue(ctx: BtfTracePointContext) -> u32 {
     // block_rq_issue(struct request *rq)
     let rq: u64 = ctx.arg(0);
-    let op = btf_field::<u32>(rq, &RQ_CMD_FLAGS_OFFSET) & REQ_OP_MASK;
-    // Reads, writes and flushes only: a discard's or write-zeroes' size is blocks released
-    // or zeroed, not data moved (deleting a file on a `discard` mount would count as
-    // gigabytes read), and zone management and driver commands move none either. (Zone
-    // appends, on zoned devices only, do move data and are not counted yet.)
-    if op != REQ_OP_READ && op != REQ_OP_WRITE && op != REQ_OP_FLUSH {
-        return 0;
-    }
+    // A discard's size is blocks released, not data moved (deleting a file on a `discard`
+    // mount releases gigabytes): it is counted apart, as the kernel's disk statistics do.
+    // Write-zeroes, zone management and driver commands are left out. (Zone appends, on
+    // zoned devices only, do move data and are not counted yet.)
+    let kind = match btf_field::<u32>(rq, &RQ_CMD_FLAGS_OFFSET) & REQ_OP_MASK {
+        REQ_OP_READ => io_kind::READ,
+        REQ_OP_WRITE | REQ_OP_FLUSH => io_kind::WRITE,
+        REQ_OP_DISCARD | REQ_OP_SECURE_ERASE => io_kind::DISCARD,
+        _ => return 0,
+    };
     // Set when the request was allocated if the queue keeps IO statistics (the default) or
     // has a scheduler; 0 otherwise.
     let started: u64 = btf_field(rq, &RQ_START_TIME_OFFSET);
@@ -67,7 +71,7 @@ pub fn block_rq_issue(ctx: BtfTracePointContext) -> u32 {
         start_ns: if started != 0 { started } else { now_ns() },
         bytes: btf_field(rq, &RQ_DATA_LEN_OFFSET),
         dev: rq_dev(rq),
-        write: (op != REQ_OP_READ) as u32,
+        kind,
         _pad: 0,
     };
     io_put(rq, &io);
@@ -82,12 +86,19 @@ pub fn block_rq_complete(ctx: BtfTracePointContext) -> u32 {
     let error = ctx.arg::<u64>(1) as u8;
     bump_io(&IoKey { owner: io.owner, dev: io.dev, _pad: 0 }, |s| {
         s.lat.add(lat);
-        if io.write != 0 {
-            s.write_ops += 1;
-            s.write_bytes += io.bytes as u64;
-        } else {
-            s.read_ops += 1;
-            s.read_bytes += io.bytes as u64;
+        match io.kind {
+            io_kind::READ => {
+                s.read_ops += 1;
+                s.read_bytes += io.bytes as u64;
+            }
+            io_kind::WRITE => {
+                s.write_ops += 1;
+                s.write_bytes += io.bytes as u64;
+            }
+            _ => {
+                s.discard_ops += 1;
+                s.discard_bytes += io.bytes as u64;
+            }
         }
         if error != 0 {
             s.errors += 1;

@@ -504,6 +504,8 @@ static ZERO_IO_STATS: IoStats = IoStats {
     read_bytes: 0,
     write_bytes: 0,
     errors: 0,
+    discard_ops: 0,
+    discard_bytes: 0,
 };
 #[unsafe(no_mangle)]
 static ZERO_LAT_HIST: LatHist = LatHist { count: 0, sum_ns: 0, buckets: [0; bpfsight_common::HIST_BUCKETS] };
