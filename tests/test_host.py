@@ -130,13 +130,15 @@ def test_direct_reads_are_counted_one_request_each_on_their_disk():
 
         use = await call(s, "get_resource_usage", {"service": "direct-reader", "resource": "io", "window": "1m"})
         io = use["io"]
-        # Each O_DIRECT read is one request of exactly its size; the process's only other
-        # reads would be a few metadata blocks.
-        assert count <= io["read_ops"] <= count + 8, (io, count)
-        assert count * size <= io["read_bytes"] <= count * size + 8 * 4096, (io, count)
+        # Each O_DIRECT read is one request of exactly its size. The process's other reads
+        # (its own start, with a cold page cache) are small requests: none near the file's
+        # 19 MiB, which a discard at unlink counted as a read used to add.
+        assert count * size <= io["read_bytes"], (io, count)
+        extra_ops = io["read_ops"] - count
+        assert extra_ops >= 0 and io["read_bytes"] - count * size <= extra_ops * (1 << 20), (io, count)
         assert io["write_bytes"] >= count * size // 2, io
         assert io["latency"]["samples"] == io["write_ops"] + io["read_ops"] + io["discard_ops"], io
-        assert [d["device"] for d in io["devices"]] == [whole_disk(dev)], (io, dev)
+        assert whole_disk(dev) in [d["device"] for d in io["devices"]], (io, dev)
 
     run_with_server(body)
 
@@ -166,13 +168,14 @@ def test_a_discard_is_counted_as_discarded_not_read_or_written(tmp_path):
 
             use = await call(s, "get_resource_usage", {"service": "discarder", "resource": "io", "window": "1m"})
             io = use["io"]
-            # This process's O_DIRECT reads, one request each, on the loop device.
-            assert count <= io["read_ops"] <= count + 8, (io, count)
-            assert count * 4096 <= io["read_bytes"] <= (count + 8) * 4096, (io, count)
-            assert io["write_ops"] == 0 and io["write_bytes"] == 0, io
-            assert io["latency"]["samples"] == io["read_ops"] + io["discard_ops"], io
+            assert io["latency"]["samples"] == io["write_ops"] + io["read_ops"] + io["discard_ops"], io
+            # On the loop device, this process's O_DIRECT reads, one request each, and nothing
+            # else (its own start may read its disk, with a cold page cache).
             device = f"{os.major(rdev)}:{os.minor(rdev)}"
-            assert [d["device"] for d in io["devices"]] == [device], (io, dev)
+            (loop,) = [d for d in io["devices"] if d["device"] == device] or [None]
+            assert loop, (io, dev)
+            assert loop["read_ops"] == count and loop["read_bytes"] == count * 4096, (loop, count)
+            assert loop["write_ops"] == 0 and loop["write_bytes"] == 0, loop
             # The block layer dispatches the 32 MiB discard from its own worker thread
             # (kblockd, so `[kernel]`), or now and then from the caller. It moves no data: it is
             # counted as discarded, neither read nor written (it used to count as 32 MiB read).
