@@ -216,7 +216,8 @@ def test_writes_a_device_fails_are_counted_as_errors_of_the_writer(tmp_path):
         assert io["write_ops"] == ok + failed and io["write_bytes"] == (ok + failed) * 65536, (io, ok, failed)
         assert io["errors"] == failed, (io, failed)
         device = f"{os.major(rdev)}:{os.minor(rdev)}"
-        assert [(d["device"], d["errors"]) for d in io["devices"]] == [(device, failed)], (io, dev)
+        # Its own start may also read its disk (cold page cache), without errors.
+        assert [d["errors"] for d in io["devices"] if d["device"] == device] == [failed], (io, dev)
 
     run_with_server(body)
 
