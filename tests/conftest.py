@@ -77,12 +77,14 @@ def nft_drop(port: int, percent: int):
     if nft is None:
         pytest.fail("nft is not installed: run scripts/setup.sh")
     table = f"bpfsight_test_{port}"
+    # nftables wants the bound below the modulus: 100 % is a plain drop.
+    share = "" if percent >= 100 else f"numgen random mod 100 < {percent} "
     rules = f"""
 table inet {table} {{
   chain out {{
     type filter hook output priority 0; policy accept;
-    tcp dport {port} numgen random mod 100 < {percent} drop
-    tcp sport {port} numgen random mod 100 < {percent} drop
+    tcp dport {port} {share}drop
+    tcp sport {port} {share}drop
   }}
 }}
 """

@@ -91,7 +91,10 @@ def test_packet_loss_shows_as_retransmits_for_that_service_and_peer_only():
         row = next(x for x in errors["services"] if x["service"] == "lossy-cli")
         assert row["retransmits"] == lossy["retransmits"]
         assert row["error_rate_pct"] >= 1.0
-        assert row["errors"] == row["failed_connects"] + row["resets_sent"] + row["resets_received"] + row["retransmits"]
+        assert row["errors"] == (
+            row["failed_connects"] + row["resets_sent"] + row["resets_received"] - row["refused_connects"] + row["retransmits"]
+        )
+        assert row["attempts"] == row["connect_attempts"] + row["accepted"] + row["sends"] + row["retransmits"]
 
         # All services in the window, ranked worst first: a lossy service outranks the control pair.
         allr = await call(s, "get_connection_stats", {"window": "1m", "limit": 50})
@@ -151,20 +154,48 @@ def test_refused_connects_are_failed_connects_for_the_caller_ipv4_and_ipv6():
         await settle()
         r4 = (await call(s, "get_connection_stats", {"service": "refuse-cli", "window": "1m"}))["services"][0]
         assert r4["failed_connects"] == 12, r4
+        # Each was refused with a RST (also counted as a reset received).
+        assert r4["refused_connects"] == 12 and r4["resets_received"] == 12, r4
         assert r4["opened"] == 0
         assert (r4["top_peers"][0]["addr"], r4["top_peers"][0]["port"]) == ("127.0.0.1", port)
         r6 = (await call(s, "get_connection_stats", {"service": "refuse-cli6", "window": "1m"}))["services"][0]
-        assert r6["failed_connects"] == 7, r6
+        assert r6["failed_connects"] == 7 and r6["refused_connects"] == 7, r6
+        assert r6["top_peers"][0]["refused_connects"] == 7, r6
         assert (r6["top_peers"][0]["addr"], r6["top_peers"][0]["port"]) == ("::1", port)
 
         errors = await call(s, "get_service_errors", {"window": "1m"})
         row = next(x for x in errors["services"] if x["service"] == "refuse-cli6")
         assert row["connect_attempts"] == 7 and row["failed_connects"] == 7
+        # A refusal is one error, not a failed connect plus a reset: 7 of 7 attempts failed.
+        assert (row["errors"], row["attempts"], row["error_rate_pct"]) == (7, 7, 100.0), row
         kinds = {e["kind"] for e in row["recent_events"]}
         assert "failed_connect" in kinds, row
         assert any(e["peer"] == f"[::1]:{port}" for e in row["recent_events"]), row
         # The kernel answered the SYNs with resets from no socket.
-        assert any(x["service"] == "[no-socket]" and x["resets_sent"] >= 19 for x in errors["services"]), errors
+        assert any(
+            x["service"] == "[no-socket]" and x["resets_sent"] >= 19 and x["error_rate_pct"] == 100.0 for x in errors["services"]
+        ), errors
+
+    run_with_server(body)
+
+
+def test_connects_whose_syns_are_dropped_are_failed_but_not_refused():
+    """A firewall that drops SYNs makes connects time out: failed connects with no RST, which
+    `refused_connects` tells apart from a closed port's refusals."""
+    port, count = 47117, 3
+
+    async def body(s):
+        with nft_drop(port, 100):
+            out = Workload("unanswered", "blackholed-cli", port, count=count, seconds=0.5).wait()
+        assert f"timed out {count}" in out, out
+        await settle()
+        row = (await call(s, "get_connection_stats", {"service": "blackholed-cli", "window": "1m"}))["services"][0]
+        assert row["failed_connects"] == count and row["refused_connects"] == 0, row
+        assert row["resets_received"] == 0 and row["opened"] == 0, row
+        assert (row["top_peers"][0]["addr"], row["top_peers"][0]["port"]) == ("127.0.0.1", port), row
+        errors = await call(s, "get_service_errors", {"window": "1m"})
+        err = next(x for x in errors["services"] if x["service"] == "blackholed-cli")
+        assert (err["errors"], err["attempts"], err["error_rate_pct"]) == (count, count, 100.0), err
 
     run_with_server(body)
 
@@ -184,6 +215,8 @@ def test_aborted_connections_show_resets_sent_and_received():
         assert server["resets_sent"] == 8, server
         assert server["opened_passive"] == 8, server
         assert client["resets_received"] == 8, client
+        # Reset once established: errors of their own, not refusals.
+        assert client["refused_connects"] == 0, client
         assert client["opened_active"] == 8, client
         assert client["closed"] == 8 and client["active"] == 0, client
         assert client["mean_connection_ms"] is not None

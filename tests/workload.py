@@ -115,6 +115,22 @@ def refused(a) -> None:
     print(f"refused {failed}", flush=True)
 
 
+def unanswered(a) -> None:
+    """Connects `count` times to a port whose SYNs are dropped, giving up on each after
+    --seconds (a connect that times out, as against one refused)."""
+    timed_out = 0
+    for _ in range(a.count):
+        c = socket.socket(family(a.host), socket.SOCK_STREAM)
+        c.settimeout(a.seconds)
+        try:
+            c.connect((a.host, a.port))
+        except (TimeoutError, socket.timeout):
+            timed_out += 1
+        finally:
+            c.close()
+    print(f"timed out {timed_out}", flush=True)
+
+
 def retry_connect(a) -> None:
     """`count` times: one socket connects to `port`, where nobody listens, then, refused, the
     same socket connects to `other_port` and exchanges one request (Linux lets a socket whose
@@ -279,6 +295,7 @@ ROLES = {
     "many-clients": many_clients,
     "refused": refused,
     "retry-connect": retry_connect,
+    "unanswered": unanswered,
     "reset-server": reset_server,
     "reset-client": reset_client,
 }

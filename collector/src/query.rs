@@ -67,6 +67,8 @@ pub struct PeerStats {
     pub retransmits: u64,
     /// Failed connects to this peer.
     pub failed_connects: u64,
+    /// Of those, connects this peer refused (answered the SYN with a RST).
+    pub refused_connects: u64,
     /// Resets sent to and received from this peer.
     pub resets: u64,
     /// Connections opened with this peer.
@@ -82,6 +84,7 @@ impl PeerStats {
             port: p.port,
             retransmits: c.retransmits,
             failed_connects: c.failed_connects,
+            refused_connects: c.refused_connects,
             resets: c.resets_sent + c.resets_received,
             opened: c.opened(),
             sends: c.sends,
@@ -116,9 +119,13 @@ pub struct ServiceConnections {
     pub active: u64,
     /// Connects that never reached ESTABLISHED (refused, timed out, unreachable).
     pub failed_connects: u64,
+    /// Of those, connects the peer refused: it answered the SYN with a RST (nothing listens
+    /// there, or a firewall rejects). The rest timed out or were given up (a peer or a
+    /// firewall that drops SYNs, an unreachable network).
+    pub refused_connects: u64,
     /// RSTs sent.
     pub resets_sent: u64,
-    /// RSTs received.
+    /// RSTs received (the ones that refused connects included).
     pub resets_received: u64,
     /// Retransmitted segments.
     pub retransmits: u64,
@@ -153,6 +160,7 @@ impl ServiceConnections {
             closed: c.closed,
             active,
             failed_connects: c.failed_connects,
+            refused_connects: c.refused_connects,
             resets_sent: c.resets_sent,
             resets_received: c.resets_received,
             retransmits: c.retransmits,
@@ -199,10 +207,14 @@ pub struct ConnectionQuery {
 }
 
 /// How the error rate is defined (also the tool description's wording).
-pub const ERROR_RATE_DEFINITION: &str = "error_rate_pct = 100 * (failed_connects + resets_sent + \
-    resets_received + retransmits) / (connect attempts + accepted connections + sends), where \
-    connect attempts = connections opened by the service + failed connects, and sends = sendmsg \
-    calls on its TCP sockets that sent data";
+pub const ERROR_RATE_DEFINITION: &str = "error_rate_pct = 100 * errors / attempts, where errors = \
+    failed_connects + resets_sent + resets_received + retransmits, less refused_connects (the \
+    RST that refuses a connect is not counted again: a refused connect is one error), and \
+    attempts = connect attempts (connections opened by the service + failed connects) + \
+    accepted connections + sends (sendmsg calls on its TCP sockets that sent data) + \
+    retransmits (each one a transmission too); an error with no attempt in the window (a reset \
+    on an older connection, the kernel's answers to segments for no socket) counts as its own \
+    attempt, so the rate is at most 100";
 
 /// One service whose network error rate is above the threshold.
 #[derive(Clone, Debug, Serialize)]
@@ -213,13 +225,15 @@ pub struct ServiceErrors {
     pub error_rate_pct: f64,
     /// Numerator of the rate.
     pub errors: u64,
-    /// Denominator of the rate.
+    /// Denominator of the rate (never less than `errors`).
     pub attempts: u64,
     /// Failed connects.
     pub failed_connects: u64,
+    /// Of those, connects the peer refused with a RST.
+    pub refused_connects: u64,
     /// RSTs sent.
     pub resets_sent: u64,
-    /// RSTs received.
+    /// RSTs received (the ones that refused connects included).
     pub resets_received: u64,
     /// Retransmitted segments.
     pub retransmits: u64,
@@ -470,8 +484,10 @@ impl Store {
             }
         }
         rows.sort_by(|a, b| {
-            let ea = a.failed_connects + a.resets_sent + a.resets_received + a.retransmits;
-            let eb = b.failed_connects + b.resets_sent + b.resets_received + b.retransmits;
+            let errors = |r: &ServiceConnections| {
+                r.failed_connects + r.resets_sent + r.resets_received - r.refused_connects + r.retransmits
+            };
+            let (ea, eb) = (errors(a), errors(b));
             (eb, b.opened + b.sends).cmp(&(ea, a.opened + a.sends)).then(a.service.cmp(&b.service))
         });
         let total = rows.len();
@@ -513,8 +529,8 @@ impl Store {
             let (c, peers) = st.window(self.now, secs);
             let h = st.host_window(self.now, secs);
             let errors = c.errors();
-            let attempts = c.attempts();
-            let rate = if errors == 0 { 0.0 } else { 100.0 * errors as f64 / attempts.max(1) as f64 };
+            let attempts = c.attempts().max(errors);
+            let rate = c.error_rate_pct();
             let sys_rate = harmful_syscall_errors(&h) as f64 / secs as f64;
             let tcp_hit = errors > 0 && rate >= threshold_pct;
             let sys_hit = sys_rate > 0.0 && sys_rate >= min_sys;
@@ -538,6 +554,7 @@ impl Store {
                 errors,
                 attempts,
                 failed_connects: c.failed_connects,
+                refused_connects: c.refused_connects,
                 resets_sent: c.resets_sent,
                 resets_received: c.resets_received,
                 retransmits: c.retransmits,
@@ -768,8 +785,9 @@ mod tests {
         assert_eq!(r.total, 1);
         let e = &r.services[0];
         assert_eq!(e.errors, 20);
-        assert_eq!(e.attempts, 100 + 1);
-        assert!((e.error_rate_pct - 100.0 * 20.0 / 101.0).abs() < 1e-2);
+        // Sends, the connect, and the 20 retransmitted segments.
+        assert_eq!(e.attempts, 100 + 1 + 20);
+        assert!((e.error_rate_pct - 100.0 * 20.0 / 121.0).abs() < 1e-2);
         assert!(s.service_errors(&q(-1.0)).unwrap_err().to_string().contains("from 0 to 100"));
         assert_eq!(s.service_errors(&q(50.0)).unwrap().total, 0);
     }

@@ -143,6 +143,9 @@ impl SockTable {
                 if p.read_volatile() == 0 { 0 } else { AtomicU64::from_ptr(p).swap(0, Ordering::AcqRel) }
             };
             SockCounts {
+                // Before `resets_received`: the program adds to that first, so a poll never
+                // takes a refusal without its reset.
+                refused_connects: take(std::ptr::addr_of_mut!((*c).refused_connects)),
                 opened_active: take(std::ptr::addr_of_mut!((*c).opened_active)),
                 opened_passive: take(std::ptr::addr_of_mut!((*c).opened_passive)),
                 closed: take(std::ptr::addr_of_mut!((*c).closed)),
@@ -150,7 +153,6 @@ impl SockTable {
                 resets_sent: take(std::ptr::addr_of_mut!((*c).resets_sent)),
                 resets_received: take(std::ptr::addr_of_mut!((*c).resets_received)),
                 retransmits: take(std::ptr::addr_of_mut!((*c).retransmits)),
-                _pad: 0,
                 duration_ns: take64(std::ptr::addr_of_mut!((*c).duration_ns)),
                 handshake_ns: take64(std::ptr::addr_of_mut!((*c).handshake_ns)),
             }

@@ -82,6 +82,10 @@ pub struct TcpCounters {
     pub sends: u64,
     /// Bytes sent.
     pub bytes_sent: u64,
+    /// Connects the peer refused with a RST: also in `failed_connects` and `resets_received`.
+    /// (Recordings made before it was counted read as 0.)
+    #[serde(default)]
+    pub refused_connects: u64,
 }
 
 impl TcpCounters {
@@ -90,14 +94,27 @@ impl TcpCounters {
         self.opened_active + self.opened_passive
     }
 
-    /// All the error signals summed: failed connects, resets both ways, retransmits.
+    /// All the error signals summed: failed connects, resets both ways, retransmits. A
+    /// refused connect is one error: the RST that refused it is not counted again.
     pub fn errors(&self) -> u64 {
-        self.failed_connects + self.resets_sent + self.resets_received + self.retransmits
+        self.failed_connects
+            + self.resets_sent
+            + self.resets_received.saturating_sub(self.refused_connects)
+            + self.retransmits
     }
 
-    /// The denominator of the error rate: connect attempts, accepted connections and sends.
+    /// What the errors are a share of: connect attempts, accepted connections and
+    /// transmissions (sends, and the retransmitted segments, each a transmission too).
     pub fn attempts(&self) -> u64 {
-        self.opened_active + self.failed_connects + self.opened_passive + self.sends
+        self.opened_active + self.failed_connects + self.opened_passive + self.sends + self.retransmits
+    }
+
+    /// The error rate, percent: `errors / attempts`, where an error with no attempt of its own
+    /// in the same counts (a reset on a connection opened earlier, the kernel's answer to a
+    /// segment for no socket) counts as its own attempt, so that the rate never passes 100.
+    pub fn error_rate_pct(&self) -> f64 {
+        let errors = self.errors();
+        if errors == 0 { 0.0 } else { 100.0 * errors as f64 / self.attempts().max(errors) as f64 }
     }
 
     /// Whether every counter is zero.
@@ -120,6 +137,7 @@ impl TcpCounters {
             retransmits: d(self.retransmits, earlier.retransmits),
             sends: d(self.sends, earlier.sends),
             bytes_sent: d(self.bytes_sent, earlier.bytes_sent),
+            refused_connects: d(self.refused_connects, earlier.refused_connects),
         }
     }
 }
@@ -137,6 +155,7 @@ impl From<ConnStats> for TcpCounters {
             retransmits: s.retransmits,
             sends: 0,
             bytes_sent: 0,
+            refused_connects: s.refused_connects,
         }
     }
 }
@@ -159,6 +178,7 @@ impl AddAssign for TcpCounters {
         self.retransmits += o.retransmits;
         self.sends += o.sends;
         self.bytes_sent += o.bytes_sent;
+        self.refused_connects += o.refused_connects;
     }
 }
 
@@ -180,6 +200,30 @@ mod tests {
             Peer::from_raw(2, [10, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], 5).to_string(),
             "10.0.0.7:5"
         );
+    }
+
+    #[test]
+    fn a_refused_connect_is_one_error_and_rates_stay_within_100() {
+        // 10 connects, all refused: 10 failed connects, each with the RST that refused it.
+        let refused = TcpCounters {
+            failed_connects: 10,
+            resets_received: 10,
+            refused_connects: 10,
+            ..Default::default()
+        };
+        assert_eq!((refused.errors(), refused.attempts()), (10, 10));
+        assert_eq!(refused.error_rate_pct(), 100.0);
+        // An established connection reset by its peer is an error of its own.
+        let reset = TcpCounters { opened_active: 4, resets_received: 1, sends: 16, ..Default::default() };
+        assert_eq!(reset.errors(), 1);
+        assert_eq!(reset.error_rate_pct(), 5.0);
+        // One large write retransmitted in many segments: a share of the transmissions.
+        let bulk = TcpCounters { sends: 1, retransmits: 30, ..Default::default() };
+        assert!((bulk.error_rate_pct() - 100.0 * 30.0 / 31.0).abs() < 1e-9);
+        // The kernel's answers to segments for no socket: every one is an error and an attempt.
+        let no_socket = TcpCounters { resets_sent: 50, ..Default::default() };
+        assert_eq!(no_socket.error_rate_pct(), 100.0);
+        assert_eq!(TcpCounters::default().error_rate_pct(), 0.0);
     }
 
     #[test]

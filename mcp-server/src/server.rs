@@ -240,7 +240,9 @@ rss_bytes}], total, truncated, collector: {drops...}}.",
     #[tool(
         description = "TCP connection health per service over a time window, from kernel tracepoints: connections \
 opened (active = we connected, passive = we accepted), closed, still established, failed connects \
-(SYN_SENT -> CLOSE: refused, timed out, unreachable), resets sent and received, retransmitted segments \
+(SYN_SENT -> CLOSE: refused, timed out, unreachable) and of those `refused_connects` (the peer answered \
+the SYN with a RST: nothing listens, or a firewall rejects; the rest timed out: SYNs dropped, peer \
+unreachable), resets sent and received, retransmitted segments \
 (total and per second), sends and bytes sent, mean connection lifetime, and the top 5 peers \
 (addr, port) by errors. Services with the most errors come first. Pass `service` for one service.",
         input_schema = schema_for_type::<ConnectionStatsArgs>(),
@@ -263,9 +265,13 @@ with a failure (non-zero status or a crash signal; SIGKILL/SIGTERM/SIGINT/SIGHUP
 as failures), a TCP error rate at or above `threshold_pct` (default 1.0), or failed syscalls at or above \
 `min_syscall_errors_per_s` (default 5.0; benign ones such as EAGAIN, EINPROGRESS, EINTR, futex timeouts not counted). Each row has the counts \
 behind the rate, the worst peers, the top failed syscalls by errno (e.g. openat ENOENT), oom_kills, \
-failed_exits and the latest events. TCP error rate definition: error_rate_pct = 100 * (failed_connects + resets_sent + resets_received + \
-retransmits) / (connect attempts + accepted connections + sends), where connect attempts = connections \
-the service opened + its failed connects, and sends = sendmsg calls on its TCP sockets that sent data. \
+failed_exits and the latest events. TCP error rate definition: error_rate_pct = 100 * errors / attempts, where \
+errors = failed_connects + resets_sent + resets_received + retransmits, less refused_connects (a connect the peer \
+refused with a RST is one error, not two), and attempts = connect attempts (connections the service opened + its \
+failed connects) + accepted connections + sends (sendmsg calls on its TCP sockets that sent data) + retransmits; \
+an error with no attempt in the window (a reset on an older connection) counts as its own attempt, so the rate is \
+at most 100. failed_connects - refused_connects are connects that timed out or were given up (SYNs dropped, \
+peer unreachable). \
 Pseudo-services in brackets are kernel traffic with no owning process, e.g. [no-socket] for resets \
 answering connects to closed ports.",
         input_schema = schema_for_type::<ServiceErrorsArgs>(),

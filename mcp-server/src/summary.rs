@@ -44,7 +44,7 @@ pub(crate) fn connections(r: &ConnectionReport) -> String {
                 p += &format!(", {} retransmits ({}/s)", x.retransmits, x.retransmits_per_s);
             }
             if x.failed_connects > 0 {
-                p += &format!(", {} failed connects", x.failed_connects);
+                p += &format!(", {} failed connects ({} refused)", x.failed_connects, x.refused_connects);
             }
             if x.resets_sent + x.resets_received > 0 {
                 p += &format!(", {} resets sent / {} received", x.resets_sent, x.resets_received);
@@ -77,8 +77,13 @@ pub(crate) fn errors(r: &ErrorReport) -> String {
                 p.push(format!("{} OOM kills", x.oom_kills));
             }
             if x.errors > 0 {
+                let refused = if x.failed_connects > 0 {
+                    format!(" ({} refused)", x.refused_connects)
+                } else {
+                    String::new()
+                };
                 p.push(format!(
-                    "TCP {}% ({} errors / {} attempts: {} failed connects, {} resets sent, {} received, {} retransmits)",
+                    "TCP {}% ({} errors / {} attempts: {} failed connects{refused}, {} resets sent, {} received, {} retransmits)",
                     x.error_rate_pct, x.errors, x.attempts, x.failed_connects, x.resets_sent, x.resets_received, x.retransmits
                 ));
             }

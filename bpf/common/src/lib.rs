@@ -561,8 +561,9 @@ pub struct SockCounts {
     pub resets_received: u32,
     /// Retransmitted segments.
     pub retransmits: u32,
-    /// Explicit padding; always zero.
-    pub _pad: u32,
+    /// RSTs that answered the socket's connect (also in `resets_received`, and the connect
+    /// is also in `failed_connects`): the peer refused it.
+    pub refused_connects: u32,
     /// Lifetime of the connection, when it closed.
     pub duration_ns: u64,
     /// The connect's handshake time (SYN sent to ESTABLISHED), when it was established: one
@@ -580,7 +581,8 @@ impl SockCounts {
             | self.failed_connects
             | self.resets_sent
             | self.resets_received
-            | self.retransmits) as u64
+            | self.retransmits
+            | self.refused_connects) as u64
             | self.duration_ns
             | self.handshake_ns
             == 0
@@ -600,6 +602,7 @@ impl ConnStats {
         self.resets_sent += c.resets_sent as u64;
         self.resets_received += c.resets_received as u64;
         self.retransmits += c.retransmits as u64;
+        self.refused_connects += c.refused_connects as u64;
     }
 }
 
@@ -748,6 +751,9 @@ pub struct ConnStats {
     pub resets_received: u64,
     /// Retransmitted segments.
     pub retransmits: u64,
+    /// RSTs received in answer to a connect: connects the peer refused (also counted in
+    /// `failed_connects` and `resets_received`).
+    pub refused_connects: u64,
 }
 
 /// Data sent on one socket, per CPU.

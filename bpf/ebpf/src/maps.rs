@@ -106,7 +106,7 @@ fn file_counts(old: &mut SockState) {
         resets_sent: take(&mut c.resets_sent),
         resets_received: take(&mut c.resets_received),
         retransmits: take(&mut c.retransmits),
-        _pad: 0,
+        refused_connects: take(&mut c.refused_connects),
         duration_ns: take64(&mut c.duration_ns),
         handshake_ns: take64(&mut c.handshake_ns),
     };

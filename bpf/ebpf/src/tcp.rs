@@ -277,9 +277,17 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
     let owner = match sock_get(skaddr) {
         Some(st) => {
             add(&mut st.counts.resets_received, 1);
+            // A reset before ESTABLISHED answers the connect's SYN: the peer refused it (the
+            // connect's failure follows, SYN_SENT -> CLOSE). Counted apart so that a refusal
+            // is one error, not two.
+            if st.flags & sock_flags::ESTABLISHED == 0 {
+                add(&mut st.counts.refused_connects, 1);
+            }
             st.owner
         }
         None => {
+            // Sockets we never saw are ones opened before we started, or accepted ones whose
+            // listener we missed: established, so not a refusal.
             bump(&unattributed(family, dport, peer), |s| s.resets_received += 1);
             Owner::UNKNOWN
         }
