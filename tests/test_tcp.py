@@ -290,8 +290,15 @@ def test_list_services_shows_live_processes_and_filters():
             assert out["collector"]["ringbuf_drops"] == 0
             small = await call(s, "list_services", {"limit": 1})
             assert len(small["services"]) == 1 and small["truncated"] is True and small["total"] > 1
+            live = names["listed-srv"]
+            assert "echo-server" in live["cmdline"] and live["exe"], live
         finally:
             srv.kill()
+        # Stopped (as a crashed service would be): what it ran is still there to read.
+        await anyio.sleep(4.5)  # two process scans
+        gone = (await call(s, "list_services", {"name_contains": "listed-srv"}))["services"][0]
+        assert not gone["running"] and gone["process_count"] == 0, gone
+        assert (gone["cmdline"], gone["exe"]) == (live["cmdline"], live["exe"]), gone
 
     run_with_server(body)
 

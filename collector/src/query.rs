@@ -358,9 +358,10 @@ pub struct ServiceSummary {
     pub pids: Vec<Pid>,
     /// Number of live processes.
     pub process_count: usize,
-    /// Command line of its lowest live pid (truncated; secrets are masked before it leaves).
+    /// Command line of its lowest live pid, or the last one seen when none is alive
+    /// (truncated; secrets are masked before it leaves).
     pub cmdline: Option<String>,
-    /// Executable of its lowest live pid.
+    /// Executable of its lowest live pid, or the last one seen when none is alive.
     pub exe: Option<String>,
     /// Whether any process of the service is alive.
     pub running: bool,

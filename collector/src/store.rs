@@ -671,11 +671,12 @@ pub struct Store {
     next_seq: u64,
     /// Live processes by service name, refreshed by the collector.
     pub(crate) processes: HashMap<ServiceId, Vec<Pid>>,
-    /// Command line per live service.
+    /// Command line per service: a live one's, else the last seen while the service has
+    /// history (a service that crashed is when it matters most).
     pub(crate) cmdlines: HashMap<ServiceId, String>,
     /// Resident memory per live service, bytes (sum over its processes).
     pub(crate) rss: HashMap<ServiceId, u64>,
-    /// Executable per live service.
+    /// Executable per service, kept like `cmdlines`.
     pub(crate) exes: HashMap<ServiceId, String>,
     /// The second the latest data belongs to; queries look back from here.
     pub(crate) now: u64,
@@ -826,13 +827,18 @@ impl Store {
         seq
     }
 
-    /// Replaces the live process table.
+    /// Replaces the live process table. The command lines and executables of services no
+    /// longer running are kept for as long as the service has history here (so the map is
+    /// bounded like the services are).
     pub fn set_processes(&mut self, procs: crate::procs::ProcessTable) {
         self.generation += 1;
+        let known = |id: &ServiceId| procs.pids.contains_key(id) || self.services.contains_key(id);
+        self.cmdlines.retain(|id, _| known(id));
+        self.exes.retain(|id, _| known(id));
+        self.cmdlines.extend(procs.cmdlines);
+        self.exes.extend(procs.exes);
         self.processes = procs.pids;
-        self.cmdlines = procs.cmdlines;
         self.rss = procs.rss;
-        self.exes = procs.exes;
     }
 
     /// Changes with every write to the store: two reads at the same generation see the same
@@ -912,6 +918,27 @@ mod tests {
 
     fn rt(n: u64) -> TcpCounters {
         TcpCounters { retransmits: n, ..Default::default() }
+    }
+
+    #[test]
+    fn a_service_that_stopped_keeps_its_executable_while_it_has_history() {
+        let mut s = Store::new(1000);
+        let (gone, never) = (ServiceId::new("crashed"), ServiceId::new("passing"));
+        s.record(1000, &gone, IdentitySource::ProcessName, 1, peer(80), rt(1));
+        let table = |ids: &[&ServiceId]| crate::procs::ProcessTable {
+            pids: ids.iter().map(|id| ((*id).clone(), vec![7])).collect(),
+            exes: ids.iter().map(|id| ((*id).clone(), format!("/usr/bin/{id}"))).collect(),
+            cmdlines: ids.iter().map(|id| ((*id).clone(), format!("{id} --serve"))).collect(),
+            ..Default::default()
+        };
+        s.set_processes(table(&[&gone, &never]));
+        s.set_processes(table(&[]));
+        // Its processes are gone; what it ran is still known.
+        assert!(!s.processes.contains_key(&gone));
+        assert_eq!(s.exes.get(&gone).map(String::as_str), Some("/usr/bin/crashed"));
+        assert_eq!(s.cmdlines.get(&gone).map(String::as_str), Some("crashed --serve"));
+        // A process with no history here is forgotten with its processes: the maps stay bounded.
+        assert!(!s.exes.contains_key(&never) && !s.cmdlines.contains_key(&never));
     }
 
     #[test]

@@ -220,7 +220,8 @@ in the last minute, resident memory. Kernel threads are one service, [kernel]. S
 come first. Use the names it returns as `service` in other tools. Filters: name_contains, active_only (TCP), \
 active_within (any activity, e.g. \"1m\"). Returns {services: [{service, identity, pids, process_count, running, \
 active_connections, opened_5m, network_errors_5m, last_tcp_activity_s_ago, last_seen_s_ago, cpu_pct_1m, \
-rss_bytes}], total, truncated, collector: {drops...}}.",
+rss_bytes, cmdline, exe}], total, truncated, collector: {drops...}}. cmdline and exe are a live process's, or \
+the last seen for a service that stopped or crashed.",
         input_schema = schema_for_type::<ListServicesArgs>(),
         annotations(title = "List services", read_only_hint = true, destructive_hint = false, idempotent_hint = true, open_world_hint = false)
     )]
