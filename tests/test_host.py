@@ -289,6 +289,9 @@ def test_failed_exits_are_events_with_their_status_and_pages_have_cursors():
         q = {"service": "exit-three", "kind": ["failed_exit"], "window": "1m", "limit": 3}
         first = await call(s, "get_events", q)
         assert first["total"] >= 1 and first["events"][0]["exit_status"] == 3, first
+        # One kind may be passed bare, as models often do.
+        single = await call(s, "get_events", {**q, "kind": "failed_exit"})
+        assert [e["seq"] for e in single["events"]] == [e["seq"] for e in first["events"]], (single, first)
         seen = [e["seq"] for e in first["events"]]
         cursor = first["next_cursor"]
         while cursor is not None:
@@ -322,6 +325,7 @@ def test_list_services_filters_and_bad_arguments_are_invalid_params():
             ("get_resource_usage", {"service": "no-such-service-x"}, "unknown service"),
             ("get_resource_usage", {"service": "list-spinner", "resource": "gpu"}, "cpu"),
             ("get_events", {"kind": ["explosion"]}, "oom_kill"),
+            ("get_events", {"kind": "explosion"}, "oom_kill"),
             ("get_events", {"window": "9d"}, "7d"),
             ("get_service_errors", {"min_syscall_errors_per_s": -2}, "min_syscall_errors_per_s"),
         ]

@@ -28,6 +28,8 @@ def test_description_queries_find_the_seeded_pattern_with_its_fix():
         assert full["signature"]["syscall_errors_resource"] == 5.0 and full["source"] == "seeded"
         only_io = await call(s, "similar_incidents", {"description": "everything is slow", "tags": ["io"], "top_k": 50})
         assert only_io["matches"] and all("io" in m["tags"] for m in only_io["matches"])
+        bare = await call(s, "similar_incidents", {"description": "everything is slow", "tags": "io", "top_k": 50})
+        assert [m["id"] for m in bare["matches"]] == [m["id"] for m in only_io["matches"]], bare
 
     run_with_server(body)
 

@@ -176,14 +176,50 @@ pub enum EventKindArg {
     FailedExit,
 }
 
+/// One value or a list of them.
+// Models pass either for a list argument ("oom_kill" as often as ["oom_kill"]); both mean the
+// same, so neither is an error. (The doc line above is the schema's description.)
+#[derive(Debug, Clone, JsonSchema)]
+#[serde(untagged)]
+pub enum OneOrMany<T> {
+    /// A single value.
+    One(T),
+    /// A list of values.
+    Many(Vec<T>),
+}
+
+impl<T> OneOrMany<T> {
+    /// The values, as a list.
+    pub fn into_vec(self) -> Vec<T> {
+        match self {
+            OneOrMany::One(v) => vec![v],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+impl<'de, T: DeserializeOwned> Deserialize<'de> for OneOrMany<T> {
+    // By hand rather than `untagged`: serde's untagged error ("did not match any variant")
+    // would hide the value's own, which names the values allowed.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        match serde_json::Value::deserialize(d)? {
+            v @ serde_json::Value::Array(_) => {
+                serde_json::from_value(v).map(OneOrMany::Many).map_err(D::Error::custom)
+            }
+            v => serde_json::from_value(v).map(OneOrMany::One).map_err(D::Error::custom),
+        }
+    }
+}
+
 /// Arguments of `get_events`.
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EventsArgs {
     /// Only events of this service.
     pub service: Option<String>,
-    /// Only these kinds. Default all.
-    pub kind: Option<Vec<EventKindArg>>,
+    /// Only these kinds: one (e.g. "oom_kill") or a list (e.g. ["failed_connect", "reset_received"]). Default all.
+    pub kind: Option<OneOrMany<EventKindArg>>,
     /// How far back to look: a number and a unit s, m, h or d, e.g. "30s", "5m", "1h", "2d"; at most "7d". Default "5m".
     pub window: Option<String>,
     /// Most events to return, 1-500. Default 50.
@@ -236,8 +272,8 @@ pub struct SimilarIncidentsArgs {
     pub top_k: Option<i64>,
     /// Symptom window: a number and a unit s, m, h or d, e.g. "30s", "5m", "1h", "2d"; at most "7d". Default "5m".
     pub window: Option<String>,
-    /// Only incidents carrying all of these tags (e.g. ["network"]).
-    pub tags: Option<Vec<String>>,
+    /// Only incidents carrying all of these tags: one (e.g. "network") or a list (e.g. ["network", "database"]).
+    pub tags: Option<OneOrMany<String>>,
     /// Only seeded patterns or only incidents recorded here. Default both.
     pub source: Option<IncidentSource>,
 }
@@ -259,8 +295,8 @@ pub struct RecordIncidentArgs {
     pub root_cause: String,
     /// What fixed it (required).
     pub resolution: String,
-    /// Labels such as "network", "database"; at most 16.
-    pub tags: Option<Vec<String>>,
+    /// Labels such as "network", "database" (one, or a list); at most 16.
+    pub tags: Option<OneOrMany<String>>,
 }
 
 /// Arguments of `get_incident`.

@@ -25,8 +25,8 @@ use bpfsight_casebase::{CaseBase, Filter, NewIncident, Query, Source, TimeRange}
 
 use crate::args::{
     self, Args, ConnectionStatsArgs, EventKindArg, EventsArgs, GetIncidentArgs, HighLatencyArgs,
-    IncidentSource, LatencyKindArg, ListServicesArgs, PredictArgs, RecordIncidentArgs, ResourceArg,
-    ResourceUsageArgs, ServiceErrorsArgs, SimilarIncidentsArgs,
+    IncidentSource, LatencyKindArg, ListServicesArgs, OneOrMany, PredictArgs, RecordIncidentArgs,
+    ResourceArg, ResourceUsageArgs, ServiceErrorsArgs, SimilarIncidentsArgs,
 };
 use crate::audit::{AuditLog, AuditRecord, now_rfc3339};
 use crate::auth::{Principal, Role};
@@ -354,7 +354,7 @@ Also process starts and exits. resource: cpu, memory, io, network or all (defaul
     #[tool(
         description = "Discrete events, newest first: failed_connect, reset_received, reset_sent (with local and \
 peer endpoints), oom_kill (victim's virtual and anonymous resident memory), failed_exit (exit_status, or the \
-signal that killed it, and core_dumped). Filter by service, kind (a list) and window; page with limit and the \
+signal that killed it, and core_dumped). Filter by service, kind (one or a list) and window; page with limit and the \
 returned next_cursor. Returns {events: [{seq, time_ms, kind, service, pid, ...}], total, next_cursor, evicted}.",
         input_schema = schema_for_type::<EventsArgs>(),
         annotations(title = "Events", read_only_hint = true, destructive_hint = false, idempotent_hint = true, open_world_hint = false)
@@ -364,6 +364,7 @@ returned next_cursor. Returns {events: [{seq, time_ms, kind, service, pid, ...}]
             service: a.service,
             kinds: a
                 .kind
+                .map(OneOrMany::into_vec)
                 .unwrap_or_default()
                 .into_iter()
                 .map(|k| match k {
@@ -452,7 +453,7 @@ root_cause, resolution, tags, source (seeded pattern or recorded here)}]}. get_i
         }
         let filter = Filter {
             service: None,
-            tags: a.tags.unwrap_or_default(),
+            tags: a.tags.map(OneOrMany::into_vec).unwrap_or_default(),
             source: a.source.map(|s| match s {
                 IncidentSource::Seeded => Source::Seeded,
                 IncidentSource::Recorded => Source::Recorded,
@@ -492,7 +493,7 @@ write token and a server started with write tools enabled. Returns {incident: {i
             description: a.description.unwrap_or_default(),
             root_cause: a.root_cause,
             resolution: a.resolution,
-            tags: a.tags.unwrap_or_default(),
+            tags: a.tags.map(OneOrMany::into_vec).unwrap_or_default(),
         };
         let incident = casebase.record(new, now).await.map_err(casebase_error)?;
         let text = format!("Recorded {}: {}", incident.id, incident.title);
