@@ -4,12 +4,13 @@
 #![no_main]
 
 use bpfsight::args::{
-    ConnectionStatsArgs, EventsArgs, GetIncidentArgs, HighLatencyArgs, ListServicesArgs, RecordIncidentArgs,
-    PredictArgs, ResourceUsageArgs, ServiceErrorsArgs, SimilarIncidentsArgs, limit, seconds, top_k, window,
+    ConnectionStatsArgs, EventsArgs, GetIncidentArgs, HighLatencyArgs, ListServicesArgs, OneOrMany,
+    PredictArgs, RecordIncidentArgs, ResourceUsageArgs, ServiceErrorsArgs, SimilarIncidentsArgs, limit,
+    seconds, top_k, window,
 };
-use bpfsight_casebase::{HashedEmbedder, NewIncident, Signature};
 use bpfsight::auth::Tokens;
 use bpfsight::redact::{Redactor, Treatment};
+use bpfsight_casebase::{HashedEmbedder, NewIncident, Signature};
 use bpfsight_collector::host_query::{EventQuery, LatencyKind, LatencyQuery, Resource};
 use bpfsight_collector::query::{ConnectionQuery, ErrorQuery, ServiceListQuery};
 use bpfsight_collector::{Store, Window};
@@ -17,9 +18,10 @@ use libfuzzer_sys::fuzz_target;
 use rmcp::model::ClientJsonRpcMessage;
 
 // Compiling the patterns is the expensive part; do it once, not per input.
-static PREDICTOR: std::sync::LazyLock<std::sync::Arc<bpfsight::predict::Predictor>> = std::sync::LazyLock::new(|| {
-    bpfsight::predict::Predictor::new(None, bpfsight_predictor::engine::EngineConfig::default())
-});
+static PREDICTOR: std::sync::LazyLock<std::sync::Arc<bpfsight::predict::Predictor>> =
+    std::sync::LazyLock::new(|| {
+        bpfsight::predict::Predictor::new(None, bpfsight_predictor::engine::EngineConfig::default())
+    });
 static REDACTOR: std::sync::LazyLock<Redactor> =
     std::sync::LazyLock::new(|| Redactor::new(Treatment::Hash, Treatment::Mask, (7, 9)));
 
@@ -60,7 +62,13 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(a) = serde_json::from_slice::<EventsArgs>(data)
         && let (Ok(w), Ok(l)) = (window(a.window.as_deref()), limit(a.limit, 50))
     {
-        let _ = store.events(&EventQuery { service: a.service, kinds: Vec::new(), window: w, limit: l, cursor: a.cursor });
+        let _ = store.events(&EventQuery {
+            service: a.service,
+            kinds: Vec::new(),
+            window: w,
+            limit: l,
+            cursor: a.cursor,
+        });
     }
     if let Ok(a) = serde_json::from_slice::<ListServicesArgs>(data)
         && let Ok(l) = limit(a.limit, 50)
@@ -81,14 +89,17 @@ fuzz_target!(|data: &[u8]| {
             root_cause: a.root_cause,
             resolution: a.resolution,
             description: a.description.unwrap_or_default(),
-            tags: a.tags.unwrap_or_default(),
+            tags: a.tags.map(OneOrMany::into_vec).unwrap_or_default(),
             ..NewIncident::default()
         };
         let _ = new.validate();
     }
     let _ = serde_json::from_slice::<GetIncidentArgs>(data);
     if let Ok(a) = serde_json::from_slice::<PredictArgs>(data)
-        && let (Ok(h), Ok(w)) = (seconds("horizon", a.horizon.as_deref(), 60, 10, 300), seconds("window", a.window.as_deref(), 30, 1, 300))
+        && let (Ok(h), Ok(w)) = (
+            seconds("horizon", a.horizon.as_deref(), 60, 10, 300),
+            seconds("window", a.window.as_deref(), 30, 1, 300),
+        )
     {
         let _ = PREDICTOR.predict(a.service.as_deref(), h, w);
     }
