@@ -282,9 +282,11 @@ def test_oom_kill_in_a_memory_limited_cgroup_is_an_event_of_that_service():
 
 def test_failed_exits_are_events_with_their_status_and_pages_have_cursors():
     async def body(s):
+        started_ms = time.time() * 1000
         for i in range(7):
             subprocess.run(["sh", "-c", "exec -a exit-three sh -c 'exit 3'"], check=False)
         subprocess.run(["python3", "-c", "import ctypes,os; ctypes.CDLL(None).prctl(15, b'exit-three', 0, 0, 0); os._exit(3)"])
+        ran_ms = time.time() * 1000
         await settle()
         q = {"service": "exit-three", "kind": ["failed_exit"], "window": "1m", "limit": 3}
         first = await call(s, "get_events", q)
@@ -299,6 +301,10 @@ def test_failed_exits_are_events_with_their_status_and_pages_have_cursors():
             seen += [e["seq"] for e in page["events"]]
             cursor = page["next_cursor"]
         assert len(seen) == first["total"] and seen == sorted(seen, reverse=True), (seen, first)
+        # Events are stamped with the kernel's tick (4 ms at HZ=250), converted to Unix time:
+        # within a tick or two of when they happened, not when a later poll drained them.
+        for e in first["events"]:
+            assert started_ms - 10 <= e["time_ms"] <= ran_ms + 10, (e, started_ms, ran_ms)
         # The per-process counters agree with the events, one exit per process.
         life = (await call(s, "get_resource_usage", {"service": "exit-three", "window": "1m"}))["processes"]
         assert life["exits"] == life["failed_exits"] == first["total"] and life["killed"] == 0, (life, first)

@@ -18,6 +18,7 @@ use crate::plan::SignalGroup;
 use crate::service::{IdentitySource, Pid, Resolver, ServiceId};
 use crate::store::{Event, EventDetail, EventKind, Store};
 use crate::tcp::{Peer, TcpCounters};
+use crate::ticks::TickClock;
 use crate::{kernel, procs};
 
 /// Where the collector gets its data.
@@ -71,7 +72,7 @@ pub(crate) fn unix_now() -> Duration {
 
 fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: valid pointer; CLOCK_MONOTONIC is what bpf_ktime_get_ns reads.
+    // SAFETY: valid pointer; CLOCK_MONOTONIC is what /proc/timer_list's `now` reads.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
@@ -103,6 +104,11 @@ impl Collector {
             Some(path) => Some(JournalWriter::create(path, "ebpf", now)?),
             None => None,
         };
+        let ticks = TickClock::calibrate(unix_now().as_nanos() as i128 - monotonic_ns() as i128);
+        match ticks {
+            Some(c) => tracing::debug!(hz = c.hz(), "event tick clock calibrated"),
+            None => tracing::warn!("cannot read /proc/timer_list: events are timed when drained (100 ms)"),
+        }
         let table = procs::scan(64);
         if let Some(j) = journal.as_mut() {
             j.procs(&table);
@@ -124,7 +130,7 @@ impl Collector {
             handshakes: HashMap::new(),
             host_last_change: HashMap::new(),
             journal,
-            mono_to_unix_ns: unix_now().as_nanos() as i128 - monotonic_ns() as i128,
+            ticks,
             interval: config.poll_interval,
         };
         let stop2 = stop.clone();
@@ -221,7 +227,9 @@ struct Poller {
     host_last_change: HashMap<Owner, u64>,
     /// Where changes are recorded, if anywhere.
     journal: Option<JournalWriter>,
-    mono_to_unix_ns: i128,
+    /// Converts the tick counts events are stamped with; `None` (no /proc/timer_list) stamps
+    /// them when drained, at most [`DRAIN_EVERY`] late.
+    ticks: Option<TickClock>,
     interval: Duration,
 }
 
@@ -294,8 +302,12 @@ impl Poller {
         }
     }
 
-    fn unix_ms(&self, ts_ns: u64) -> u64 {
-        ((ts_ns as i128 + self.mono_to_unix_ns) / 1_000_000).max(0) as u64
+    /// The Unix time in ms of an event stamped with tick count `ticks`.
+    fn unix_ms(&self, ticks: u64) -> u64 {
+        match &self.ticks {
+            Some(c) => c.unix_ms(ticks),
+            None => unix_now().as_millis() as u64,
+        }
     }
 
     fn drain_events(&mut self) {
@@ -317,7 +329,7 @@ impl Poller {
                 let (service, _) = self.resolver.resolve(e.owner.tgid, &e.owner.comm);
                 Some(Event {
                     seq: 0,
-                    time_ms: self.unix_ms(e.ts_ns),
+                    time_ms: self.unix_ms(e.ts_ticks),
                     kind,
                     service,
                     pid: e.owner.tgid,
@@ -332,7 +344,7 @@ impl Poller {
         for e in procs {
             let Some(kind) = ProcEventKind::from_u32(e.kind) else { continue };
             let (service, identity) = self.resolver.resolve(e.owner.tgid, &e.owner.comm);
-            let time_ms = self.unix_ms(e.ts_ns);
+            let time_ms = self.unix_ms(e.ts_ticks);
             let (kind, detail) = match kind {
                 ProcEventKind::OomKill => {
                     oom.push((service.clone(), identity, e.owner.tgid, time_ms / 1000));

@@ -36,6 +36,7 @@ pub mod shared_map;
 pub mod sock_table;
 pub mod store;
 pub mod tcp;
+pub mod ticks;
 pub mod window;
 
 /// The kernel/user shared types, for callers that need program or map names.

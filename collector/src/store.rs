@@ -590,7 +590,8 @@ pub enum EventDetail {
 pub struct Event {
     /// Position in the event log, increasing; the cursor of `get_events`.
     pub seq: u64,
-    /// Wall-clock time, Unix milliseconds.
+    /// Wall-clock time, Unix milliseconds. Kernel events are stamped with the kernel's tick
+    /// (4 ms at HZ=250), so two events less than a tick apart may share a time: `seq` orders them.
     pub time_ms: u64,
     /// What happened.
     pub kind: EventKind,

@@ -451,8 +451,9 @@ impl ProcEventKind {
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct ProcEvent {
-    /// `bpf_ktime_get_ns`.
-    pub ts_ns: u64,
+    /// The kernel's tick count (`bpf_jiffies64`): cheaper than a clock read, and answers give
+    /// event times in milliseconds. The collector turns it into Unix time.
+    pub ts_ticks: u64,
     /// [`ProcEventKind`] as u32.
     pub kind: u32,
     /// Raw `exit_code` (`status << 8 | signal`) for exits; 0 for OOM kills.
@@ -794,8 +795,8 @@ impl TcpEventKind {
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct TcpEvent {
-    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC).
-    pub ts_ns: u64,
+    /// The kernel's tick count (`bpf_jiffies64`), as in [`ProcEvent::ts_ticks`].
+    pub ts_ticks: u64,
     /// [`TcpEventKind`] as u32.
     pub kind: u32,
     /// Owner.

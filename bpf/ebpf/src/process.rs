@@ -9,7 +9,7 @@ use aya_ebpf::{
 use bpfsight_common::{Counter, Owner, ProcEvent, ProcEventKind, exit_is_kill, layout};
 
 use crate::maps::{PROC_EVENTS, count, current_thread_slot, exit_flags};
-use crate::record::{at, btf_field, current_task, now_ns, task_owner};
+use crate::record::{at, btf_field, current_task, task_owner, ticks};
 
 /// Byte offset of `exit_code` in `struct task_struct`, set by the loader.
 #[unsafe(no_mangle)]
@@ -22,7 +22,7 @@ fn emit(kind: ProcEventKind, owner: Owner, exit_code: u32, total_vm: u64, anon_r
     match PROC_EVENTS.reserve::<ProcEvent>(0) {
         Some(mut slot) => {
             slot.write(ProcEvent {
-                ts_ns: now_ns(),
+                ts_ticks: ticks(),
                 kind: kind as u32,
                 exit_code,
                 owner,

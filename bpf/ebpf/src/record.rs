@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     EbpfContext,
-    helpers::{bpf_get_current_task_btf, bpf_ktime_get_ns},
+    helpers::{bpf_get_current_task_btf, bpf_jiffies64, bpf_ktime_get_ns},
     programs::TracePointContext,
 };
 use bpfsight_common::Owner;
@@ -80,4 +80,14 @@ pub fn btf_field_at<T: Copy>(ptr: u64, off: &u32, extra: u64) -> T {
 pub fn now_ns() -> u64 {
     // SAFETY: helper without preconditions.
     unsafe { bpf_ktime_get_ns() }
+}
+
+/// The kernel's tick count (`jiffies_64`, 4 ms apart at HZ=250). The verifier inlines it as a
+/// load, where [`now_ns`] costs about 50 ns: event timestamps, which answers give in
+/// milliseconds, use it, and user space converts it (see the collector's `TickClock`).
+/// Never for durations or latencies.
+#[inline(always)]
+pub fn ticks() -> u64 {
+    // SAFETY: helper without preconditions.
+    unsafe { bpf_jiffies64() }
 }

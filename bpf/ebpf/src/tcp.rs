@@ -26,7 +26,7 @@ use crate::maps::{
     EVENTS, LISTENERS, SEND_STATS, add, add64, bump, count, send_slot_here, sock_destroyed, sock_get,
     sock_put,
 };
-use crate::record::{at, current_owner, now_ns};
+use crate::record::{at, current_owner, now_ns, ticks};
 
 const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
@@ -107,7 +107,7 @@ fn emit(
     match EVENTS.reserve::<TcpEvent>(0) {
         Some(mut slot) => {
             slot.write(TcpEvent {
-                ts_ns: now_ns(),
+                ts_ticks: ticks(),
                 kind: kind as u32,
                 owner,
                 family,
