@@ -22,8 +22,14 @@ static PREDICTOR: std::sync::LazyLock<std::sync::Arc<bpfsight::predict::Predicto
     std::sync::LazyLock::new(|| {
         bpfsight::predict::Predictor::new(None, bpfsight_predictor::engine::EngineConfig::default())
     });
-static REDACTOR: std::sync::LazyLock<Redactor> =
-    std::sync::LazyLock::new(|| Redactor::new(Treatment::Hash, Treatment::Mask, (7, 9)));
+/// Every treatment of addresses and of user names appears in one of these.
+static REDACTORS: std::sync::LazyLock<[Redactor; 3]> = std::sync::LazyLock::new(|| {
+    [
+        Redactor::new(Treatment::Hash, Treatment::Mask, (7, 9)),
+        Redactor::new(Treatment::Mask, Treatment::Hash, (7, 9)),
+        Redactor::new(Treatment::Keep, Treatment::Keep, (7, 9)),
+    ]
+});
 
 fuzz_target!(|data: &[u8]| {
     let _ = serde_json::from_slice::<ClientJsonRpcMessage>(data);
@@ -117,9 +123,10 @@ fuzz_target!(|data: &[u8]| {
         assert!(norm == 0.0 || (norm - 1.0).abs() < 1e-3, "embedding not unit length: {norm}");
         let _ = text.parse::<Window>();
         let _ = Tokens::parse(text, "fuzz");
-        let r = &*REDACTOR;
-        let out = r.redact_str(text);
-        // Redaction is idempotent: masking twice changes nothing more.
-        assert_eq!(r.redact_str(&out), out, "redaction not idempotent for {text:?}");
+        for r in REDACTORS.iter() {
+            let out = r.redact_str(text);
+            // Redaction is idempotent: masking twice changes nothing more.
+            assert_eq!(r.redact_str(&out), out, "redaction not idempotent for {text:?}");
+        }
     }
 });
