@@ -70,13 +70,6 @@ pub(crate) fn unix_now() -> Duration {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default()
 }
 
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: valid pointer; CLOCK_MONOTONIC is what /proc/timer_list's `now` reads.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 impl Collector {
     /// Starts collecting from `config.backend`. For eBPF: checks privileges, prepares the
     /// kernel filesystems, verifies tracepoint layouts, loads and attaches the programs, and
@@ -104,7 +97,7 @@ impl Collector {
             Some(path) => Some(JournalWriter::create(path, "ebpf", now)?),
             None => None,
         };
-        let ticks = TickClock::calibrate(unix_now().as_nanos() as i128 - monotonic_ns() as i128);
+        let ticks = TickClock::calibrate();
         match ticks {
             Some(c) => tracing::debug!(hz = c.hz(), "event tick clock calibrated"),
             None => tracing::warn!("cannot read /proc/timer_list: events are timed when drained (100 ms)"),

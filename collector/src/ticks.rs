@@ -15,6 +15,19 @@ fn initial_jiffies(hz: u64) -> u64 {
     (u32::MAX as u64 + 1) - 300 * hz
 }
 
+/// Unix time now, ns.
+fn unix_ns() -> i128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i128)
+}
+
+/// CLOCK_MONOTONIC now, ns: the clock `/proc/timer_list`'s `now at` reads.
+fn monotonic_ns() -> i128 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+}
+
 /// The tick rates Linux can be built with (`CONFIG_HZ`).
 const HZ_CHOICES: [u64; 4] = [100, 250, 300, 1000];
 
@@ -31,9 +44,9 @@ pub struct TickClock {
 impl TickClock {
     /// Calibrates from `/proc/timer_list` (readable by root only), whose header gives the
     /// monotonic time and whose per-CPU sections give `jiffies`, read microseconds apart.
-    /// `mono_to_unix_ns` is Unix minus monotonic time now. `None` when the file cannot be
-    /// read or parsed.
-    pub fn calibrate(mono_to_unix_ns: i128) -> Option<TickClock> {
+    /// `None` when the file cannot be read or parsed.
+    pub fn calibrate() -> Option<TickClock> {
+        let mono_to_unix_ns = unix_ns() - monotonic_ns();
         // Only the head is needed: the file runs to megabytes on a machine with many CPUs.
         let file = std::fs::File::open("/proc/timer_list").ok()?;
         let mut head = String::new();
@@ -124,16 +137,12 @@ mod tests {
 
     #[test]
     fn this_kernel_calibrates_and_its_ticks_read_as_now() {
-        let unix_ns =
-            || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i128;
-        let mono_ns = || {
-            let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-            // SAFETY: valid pointer.
-            unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-            ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+        // The file is mode 0400: only root (as in CI, which loads BPF) must calibrate.
+        let Some(c) = TickClock::calibrate() else {
+            // SAFETY: no preconditions.
+            assert_ne!(unsafe { libc::geteuid() }, 0, "root cannot calibrate from /proc/timer_list");
+            return;
         };
-        // Root only: the file is mode 0400.
-        let Some(c) = TickClock::calibrate(unix_ns() - mono_ns()) else { return };
         assert!(HZ_CHOICES.contains(&c.hz()));
         std::thread::sleep(Duration::from_millis(300));
         let text = std::fs::read_to_string("/proc/timer_list").unwrap();
