@@ -112,6 +112,30 @@ def test_recorded_incident_carries_live_symptoms_survives_restart_and_is_found_a
     assert (data / "casebase" / "index.json").exists()
 
 
+def test_failed_opens_point_to_the_fix_their_errno_calls_for(tmp_path):
+    # A missing file and a refused one used to be one symptom, so both matched the
+    # permissions pattern first. They call for different fixes.
+    secret = tmp_path / "root-only"
+    secret.write_text("x")
+    secret.chmod(0o600)
+
+    async def body(s):
+        Workload("enoent", "inc-missing", 0, count=3000).wait()
+        Workload("eacces", "inc-denied", 0, count=3000, dir=tmp_path).wait()
+        await settle()
+        missing = await call(s, "similar_incidents", {"service": "inc-missing", "window": "1m", "top_k": 3})
+        assert missing["matches"][0]["id"] == "bad-config-deploy", missing
+        assert missing["matches"][0]["matched_on"] == ["syscall_errors_missing"], missing
+        assert "permission-denied" not in [m["id"] for m in missing["matches"]], missing
+        denied = await call(s, "similar_incidents", {"service": "inc-denied", "window": "1m", "top_k": 3})
+        assert denied["matches"][0]["id"] == "permission-denied", denied
+        assert denied["matches"][0]["matched_on"] == ["syscall_errors_denied"], denied
+        counts = denied["query"]["signature_summary"]["counts"]["syscall_errors"]
+        assert counts["denied"] >= 3000 and counts["missing"] < 100, counts
+
+    run_with_server(body)
+
+
 def test_over_http_a_read_token_cannot_record_and_a_write_token_can(tmp_path):
     server = HttpServer(tmp_path, extra=("--write-tools", "--data-dir", str(tmp_path / "data")))
     try:

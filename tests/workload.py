@@ -270,6 +270,19 @@ def enoent(a) -> None:
             pass
 
 
+def eacces(a) -> None:
+    """Drops to user nobody, then opens a root-only file in --dir --count times (each fails
+    with EACCES, as after a change of service user or file modes)."""
+    path = os.path.join(a.dir, "root-only")
+    os.setgid(65534)
+    os.setuid(65534)
+    for _ in range(a.count):
+        try:
+            os.open(path, os.O_RDONLY)
+        except PermissionError:
+            pass
+
+
 def alloc(a) -> None:
     """Allocates and touches 1 MiB blocks until --size MiB (or until the OOM killer stops it)."""
     print("ready", flush=True)
@@ -289,6 +302,7 @@ ROLES = {
     "discard-read": discard_read,
     "write-fail": write_fail,
     "enoent": enoent,
+    "eacces": eacces,
     "alloc": alloc,
     "echo-server": echo_server,
     "echo-client": echo_client,

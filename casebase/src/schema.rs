@@ -9,8 +9,15 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// Bumped whenever [`Feature`] changes; stored indexes built with another version are rebuilt
-/// and recorded incidents are re-mapped by feature name.
-pub const SCHEMA_VERSION: u32 = 1;
+/// and recorded incidents are re-mapped by feature name (see [`LEGACY_FILE_ERRORS`] for the
+/// one feature version 2 split).
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// Version 1's single feature for failed file syscalls. Its errnos point to different fixes
+/// (a missing file to configuration, a refusal to permissions, EIO to hardware), so version 2
+/// has one feature for each; a stored value is spread evenly over the three, keeping the
+/// signature's length, since which errno it counted is not known.
+pub const LEGACY_FILE_ERRORS: &str = "syscall_errors_file";
 
 /// Largest magnitude a signature value may have.
 pub const MAX_DEVIATION: f32 = 5.0;
@@ -58,7 +65,9 @@ features! {
     IoLatency => "io_latency": "block IO request latency",
     IoThroughput => "io_throughput": "block IO bytes and operations",
     SyscallErrorsNetwork => "syscall_errors_network": "failed network syscalls (ECONNREFUSED, ETIMEDOUT, EHOSTUNREACH, name resolution)",
-    SyscallErrorsFile => "syscall_errors_file": "failed file syscalls (ENOENT, EACCES, EIO)",
+    SyscallErrorsMissing => "syscall_errors_missing": "syscalls failing on paths that do not exist (ENOENT, ENOTDIR): missing files, configuration or directories",
+    SyscallErrorsDenied => "syscall_errors_denied": "syscalls refused by permissions or policy (EACCES, EPERM)",
+    SyscallErrorsIo => "syscall_errors_io": "IO errors returned to syscalls (EIO, ENXIO, and EROFS from a filesystem remounted read-only after errors): failing storage",
     SyscallErrorsResource => "syscall_errors_resource": "resource-limit errors (EMFILE, ENFILE, ENOMEM, EAGAIN, ENOSPC, EADDRNOTAVAIL)",
     MemoryGrowth => "memory_growth": "resident memory growth and page allocation rate",
     OomKills => "oom_kills": "processes killed by the OOM killer",
@@ -160,6 +169,15 @@ impl<'de> Deserialize<'de> for Signature {
         let map = std::collections::BTreeMap::<String, f32>::deserialize(d)?;
         let mut sig = Signature::default();
         for (name, value) in map {
+            if name == LEGACY_FILE_ERRORS && value.is_finite() {
+                let share = value / 3f32.sqrt();
+                for f in
+                    [Feature::SyscallErrorsMissing, Feature::SyscallErrorsDenied, Feature::SyscallErrorsIo]
+                {
+                    sig.set(f, sig.get(f) + share);
+                }
+                continue;
+            }
             let feature = Feature::from_name(&name).ok_or_else(|| {
                 let known: Vec<_> = Feature::ALL.iter().map(|f| f.name()).collect();
                 serde::de::Error::custom(format!("unknown feature {name:?}; known: {}", known.join(", ")))
@@ -167,7 +185,7 @@ impl<'de> Deserialize<'de> for Signature {
             if !value.is_finite() {
                 return Err(serde::de::Error::custom(format!("{name} is not a finite number")));
             }
-            sig.set(feature, value);
+            sig.set(feature, sig.get(feature) + value);
         }
         Ok(sig)
     }
@@ -202,5 +220,17 @@ mod tests {
         assert!(
             serde_json::from_str::<Signature>(r#"{"nope":1}"#).unwrap_err().to_string().contains("known")
         );
+    }
+
+    #[test]
+    fn a_version_1_file_error_value_is_spread_over_the_three_that_replace_it() {
+        let old: Signature = serde_json::from_str(r#"{"syscall_errors_file":3.0,"oom_kills":4.0}"#).unwrap();
+        let share = 3.0 / 3f32.sqrt();
+        for f in [Feature::SyscallErrorsMissing, Feature::SyscallErrorsDenied, Feature::SyscallErrorsIo] {
+            assert!((old.get(f) - share).abs() < 1e-6, "{f}: {}", old.get(f));
+        }
+        // Same length as before, so its weight against the other features is unchanged.
+        let norm = old.as_slice().iter().map(|v| v * v).sum::<f32>().sqrt();
+        assert!((norm - 5.0).abs() < 1e-5, "{norm}");
     }
 }

@@ -100,6 +100,9 @@ pub struct LatencyReport {
     pub threshold_ms: f64,
     /// Window length, seconds.
     pub window_s: u64,
+    /// Seconds of the window the collector watched: `window_s`, or fewer in the first
+    /// `window_s` seconds after it started.
+    pub observed_s: u64,
     /// Resolution the window was answered at, seconds.
     pub resolution_s: u64,
     /// How percentiles are computed.
@@ -302,6 +305,10 @@ pub struct ResourceUsage {
     pub service: ServiceId,
     /// Window length, seconds.
     pub window_s: u64,
+    /// Seconds of the window the collector watched: `window_s`, or fewer in the first
+    /// `window_s` seconds after it started. Rates and `cpu_pct`
+    /// are per observed second.
+    pub observed_s: u64,
     /// Resolution the window was answered at, seconds.
     pub resolution_s: u64,
     /// CPU, when asked for.
@@ -354,6 +361,9 @@ pub struct EventPage {
     pub evicted: u64,
     /// Window length, seconds.
     pub window_s: u64,
+    /// Seconds of the window the collector watched: `window_s`, or fewer in the first
+    /// `window_s` seconds after it started.
+    pub observed_s: u64,
     /// Where the data came from.
     pub source: &'static str,
     /// Signals this kernel cannot give, so reported as zero here (the `bpfsight://health`
@@ -416,6 +426,7 @@ impl Store {
             percentile: q.percentile,
             threshold_ms: q.threshold_ms,
             window_s: secs,
+            observed_s: self.observed_secs(secs),
             resolution_s: q.window.resolution_secs(),
             method: PERCENTILE_METHOD,
             truncated: total > rows.len(),
@@ -435,10 +446,11 @@ impl Store {
     ) -> Result<ResourceUsage, QueryError> {
         let id = self.known_service(service)?;
         let secs = window.secs();
-        let per_s = |n: u64| round3(n as f64 / secs as f64);
+        let observed = self.observed_secs(secs);
+        let per_s = |n: u64| round3(n as f64 / observed as f64);
         let h = self.host_of(&id, secs);
         let cpu = resource.wants(Resource::Cpu).then(|| CpuUsage {
-            cpu_pct: round3(100.0 * h.oncpu_ns as f64 / (secs as f64 * 1e9)),
+            cpu_pct: round3(100.0 * h.oncpu_ns as f64 / (observed as f64 * 1e9)),
             oncpu_s: round3(h.oncpu_ns as f64 / 1e9),
             runqueue: LatencySummary::of(&h.runq),
             voluntary_switches_per_s: per_s(h.vol_switches),
@@ -495,6 +507,7 @@ impl Store {
         Ok(ResourceUsage {
             service: id.clone(),
             window_s: secs,
+            observed_s: observed,
             resolution_s: window.resolution_secs(),
             cpu,
             memory,
@@ -555,6 +568,7 @@ impl Store {
             total,
             evicted: self.health.events_evicted,
             window_s: q.window.secs(),
+            observed_s: self.observed_secs(q.window.secs()),
             source: self.health.source,
             unavailable: self.health.unavailable_signals(),
         })

@@ -201,6 +201,7 @@ pub fn replay(path: &Path) -> Result<Store, JournalError> {
         )));
     }
     let mut store = Store::new(header.started_at);
+    store.health_mut().started_at = header.started_at;
     let mut pending: Option<(usize, String)> = None;
     for (i, line) in lines.enumerate() {
         let line = line.map_err(io)?;

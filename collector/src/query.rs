@@ -148,7 +148,7 @@ impl ServiceConnections {
         service: ServiceId,
         c: &TcpCounters,
         active: u64,
-        secs: u64,
+        observed_secs: u64,
         peers: HashMap<Peer, TcpCounters>,
     ) -> Self {
         let (top_peers, peers_total) = top_peers(peers, TOP_PEERS);
@@ -164,7 +164,7 @@ impl ServiceConnections {
             resets_sent: c.resets_sent,
             resets_received: c.resets_received,
             retransmits: c.retransmits,
-            retransmits_per_s: round3(c.retransmits as f64 / secs as f64),
+            retransmits_per_s: round3(c.retransmits as f64 / observed_secs as f64),
             sends: c.sends,
             bytes_sent: c.bytes_sent,
             mean_connection_ms: (c.closed > 0).then(|| round3(c.duration_ns as f64 / c.closed as f64 / 1e6)),
@@ -179,6 +179,9 @@ impl ServiceConnections {
 pub struct ConnectionReport {
     /// Window length, seconds.
     pub window_s: u64,
+    /// Seconds of the window the collector watched: `window_s`, or fewer in the first
+    /// `window_s` seconds after it started. Rates are per observed second.
+    pub observed_s: u64,
     /// Resolution the window was answered at, seconds.
     pub resolution_s: u64,
     /// Services, most errors first, then most traffic.
@@ -327,6 +330,9 @@ impl Default for ErrorQuery {
 pub struct ErrorReport {
     /// Window length, seconds.
     pub window_s: u64,
+    /// Seconds of the window the collector watched: `window_s`, or fewer in the first
+    /// `window_s` seconds after it started. Rates are per observed second.
+    pub observed_s: u64,
     /// TCP error-rate threshold applied, percent.
     pub threshold_pct: f64,
     /// Failed-syscall rate threshold applied, per second.
@@ -375,7 +381,8 @@ pub struct ServiceSummary {
     pub last_tcp_activity_s_ago: Option<u64>,
     /// Seconds since any activity (CPU, IO, syscalls, TCP) was seen, if any was.
     pub last_seen_s_ago: Option<u64>,
-    /// Time on CPU in the last minute as a share of one CPU, percent.
+    /// Time on CPU in the last minute as a share of one CPU, percent (in the first minute
+    /// after bpfsight started, of the seconds since).
     pub cpu_pct_1m: f64,
     /// Resident memory now, bytes (live processes only).
     pub rss_bytes: Option<u64>,
@@ -463,6 +470,7 @@ impl Store {
     /// TCP connection statistics per service over a window.
     pub fn connection_stats(&self, q: &ConnectionQuery) -> Result<ConnectionReport, QueryError> {
         let secs = q.window.secs();
+        let observed = self.observed_secs(secs);
         let limit = q.limit.unwrap_or(20);
         let mut rows: Vec<ServiceConnections> = Vec::new();
         if let Some(name) = &q.service {
@@ -470,9 +478,9 @@ impl Store {
             let row = match self.services.get(&id) {
                 Some(st) => {
                     let (c, peers) = st.window(self.now, secs);
-                    ServiceConnections::new(id, &c, st.active(), secs, peers)
+                    ServiceConnections::new(id, &c, st.active(), observed, peers)
                 }
-                None => ServiceConnections::new(id, &TcpCounters::default(), 0, secs, HashMap::new()),
+                None => ServiceConnections::new(id, &TcpCounters::default(), 0, observed, HashMap::new()),
             };
             rows.push(row);
         } else {
@@ -481,7 +489,7 @@ impl Store {
                 if c.is_zero() && st.active() == 0 {
                     continue;
                 }
-                rows.push(ServiceConnections::new(id.clone(), &c, st.active(), secs, peers));
+                rows.push(ServiceConnections::new(id.clone(), &c, st.active(), observed, peers));
             }
         }
         rows.sort_by(|a, b| {
@@ -495,6 +503,7 @@ impl Store {
         rows.truncate(limit);
         Ok(ConnectionReport {
             window_s: secs,
+            observed_s: observed,
             resolution_s: q.window.resolution_secs(),
             truncated: total > rows.len(),
             services: rows,
@@ -524,6 +533,7 @@ impl Store {
             });
         }
         let secs = q.window.secs();
+        let observed = self.observed_secs(secs);
         let from_ms = self.now.saturating_sub(secs) * 1000;
         let mut rows = Vec::new();
         for (id, st) in &self.services {
@@ -532,7 +542,7 @@ impl Store {
             let errors = c.errors();
             let attempts = c.attempts().max(errors);
             let rate = c.error_rate_pct();
-            let sys_rate = harmful_syscall_errors(&h) as f64 / secs as f64;
+            let sys_rate = harmful_syscall_errors(&h) as f64 / observed as f64;
             let tcp_hit = errors > 0 && rate >= threshold_pct;
             let sys_hit = sys_rate > 0.0 && sys_rate >= min_sys;
             let proc_hit = h.oom_kills > 0 || h.failed_exits > 0;
@@ -586,6 +596,7 @@ impl Store {
         rows.truncate(q.limit);
         Ok(ErrorReport {
             window_s: secs,
+            observed_s: observed,
             threshold_pct,
             min_syscall_errors_per_s: min_sys,
             definition: ERROR_RATE_DEFINITION,
@@ -627,6 +638,7 @@ impl Store {
         for k in self.service_ids() {
             names.insert(k, ());
         }
+        let minute = self.observed_secs(60);
         let mut rows: Vec<ServiceSummary> = names
             .into_keys()
             .filter(|id| needle.as_ref().is_none_or(|n| id.as_str().to_lowercase().contains(n)))
@@ -658,7 +670,7 @@ impl Store {
                     last_seen_s_ago: st
                         .filter(|s| s.last_seen > 0)
                         .map(|s| self.now.saturating_sub(s.last_seen)),
-                    cpu_pct_1m: round3(oncpu_1m as f64 / 60e9 * 100.0),
+                    cpu_pct_1m: round3(oncpu_1m as f64 / (minute as f64 * 1e9) * 100.0),
                     rss_bytes: self.rss.get(id).copied(),
                 }
             })
@@ -762,6 +774,24 @@ mod tests {
         assert_eq!(r.services[0].active, 1);
         assert_eq!(r.services[0].top_peers[0].port, 7000);
         assert!((r.services[0].retransmits_per_s - 20.0 / 30.0).abs() < 1e-3);
+    }
+
+    #[test]
+    fn rates_are_over_the_seconds_watched_not_the_whole_window() {
+        let mut s = store();
+        // The store's clock reads 1000: started at 990, it has watched ten seconds.
+        s.health.started_at = 990;
+        let q = |w: &str| ConnectionQuery { window: w.parse().unwrap(), ..Default::default() };
+        let r = s.connection_stats(&q("5m")).unwrap();
+        assert_eq!((r.window_s, r.observed_s), (300, 10));
+        assert!((r.services[0].retransmits_per_s - 2.0).abs() < 1e-9, "{}", r.services[0].retransmits_per_s);
+        // A window shorter than the run is watched whole.
+        let r = s.connection_stats(&q("5s")).unwrap();
+        assert_eq!((r.window_s, r.observed_s), (5, 5));
+        assert_eq!(s.observed_secs(300), 10);
+        // Before the first poll there is nothing to divide by; rates stay finite.
+        s.health.started_at = 1000;
+        assert_eq!(s.observed_secs(300), 1);
     }
 
     #[test]

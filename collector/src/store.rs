@@ -853,6 +853,14 @@ impl Store {
         self.now
     }
 
+    /// How many of the last `secs` seconds the collector watched: `secs`, or fewer while it
+    /// has run for less than that (a recording: since the recording started). Rates divide
+    /// by this, not by the window asked for: ten seconds after a start, "per second over the
+    /// last 5 minutes" must not be diluted thirty times by minutes nobody watched. At least 1.
+    pub fn observed_secs(&self, secs: u64) -> u64 {
+        secs.min(self.now.saturating_sub(self.health.started_at)).max(1)
+    }
+
     /// Calls `f` with what each service did in the seconds `(from, to]` (at most the
     /// one-second ring's span), services with no activity there left out: the per-step input of
     /// the predictor. Runs once a second over every service, so it lends one reused scratch

@@ -104,7 +104,8 @@ block IO, fsync and TCP handshake latency; CPU time, memory and IO per service. 
 get_service_errors (what is failing) or get_high_latency_services (what is slow), then \
 get_resource_usage or get_connection_stats for one service, and get_events for the discrete \
 events; list_services shows the names to use. Windows are like \"30s\", \"5m\" (default), \"1h\", \
-\"2d\" (up to 7 days). Counts are exact kernel counts, not samples. Prompts triage_host, \
+\"2d\" (up to 7 days); observed_s tells how much of a window was watched (less just after \
+the server started), and rates are per observed second. Counts are exact kernel counts, not samples. Prompts triage_host, \
 investigate_service and write_postmortem lay out a whole investigation; resources bpfsight://health, \
 bpfsight://services and bpfsight://services/{service} are the same data as attachable JSON.";
 

@@ -12,8 +12,23 @@ pub(crate) fn noting_unavailable(mut text: String, unavailable: &[String]) -> St
     text
 }
 
+/// "the last 300s", or "the 7s watched so far (300s asked)" while bpfsight (or the recording)
+/// has run for less than the window, so that a reader of the text knows what the rates are over.
+fn span(window_s: u64, observed_s: u64) -> String {
+    if observed_s < window_s {
+        format!("the {observed_s}s watched so far ({window_s}s asked)")
+    } else {
+        format!("the last {window_s}s")
+    }
+}
+
+/// "1 service", "2 services".
+fn count(n: usize, noun: &str) -> String {
+    if n == 1 { format!("1 {noun}") } else { format!("{n} {noun}s") }
+}
+
 pub(crate) fn services(l: &ServiceList) -> String {
-    let mut s = format!("{} services", l.total);
+    let mut s = count(l.total, "service");
     if l.truncated {
         s += &format!(" (showing {})", l.services.len());
     }
@@ -32,7 +47,7 @@ pub(crate) fn services(l: &ServiceList) -> String {
 
 pub(crate) fn connections(r: &ConnectionReport) -> String {
     if r.services.is_empty() {
-        return format!("no TCP activity in the last {}s", r.window_s);
+        return format!("no TCP activity in {}", span(r.window_s, r.observed_s));
     }
     let parts: Vec<String> = r
         .services
@@ -57,14 +72,21 @@ pub(crate) fn connections(r: &ConnectionReport) -> String {
             p
         })
         .collect();
-    format!("{} services with TCP activity in the last {}s. {}", r.total, r.window_s, parts.join("; "))
+    format!(
+        "{} with TCP activity in {}. {}",
+        count(r.total, "service"),
+        span(r.window_s, r.observed_s),
+        parts.join("; ")
+    )
 }
 
 pub(crate) fn errors(r: &ErrorReport) -> String {
     if r.services.is_empty() {
         return format!(
-            "no service has OOM kills, failed exits, a TCP error rate at or above {}% or {} failed syscalls/s in the last {}s",
-            r.threshold_pct, r.min_syscall_errors_per_s, r.window_s
+            "no service has OOM kills, failed exits, a TCP error rate at or above {}% or {} failed syscalls/s in {}",
+            r.threshold_pct,
+            r.min_syscall_errors_per_s,
+            span(r.window_s, r.observed_s)
         );
     }
     let parts: Vec<String> = r
@@ -96,15 +118,22 @@ pub(crate) fn errors(r: &ErrorReport) -> String {
             format!("{}: {}", x.service, p.join(", "))
         })
         .collect();
-    format!("{} services with errors in the last {}s. {}", r.total, r.window_s, parts.join("; "))
+    format!(
+        "{} with errors in {}. {}",
+        count(r.total, "service"),
+        span(r.window_s, r.observed_s),
+        parts.join("; ")
+    )
 }
 
 pub(crate) fn latency(r: &LatencyReport) -> String {
     let kind = r.kind.as_str();
     if r.services.is_empty() {
         return format!(
-            "no service has {kind} latency p{} at or above {} ms in the last {}s",
-            r.percentile, r.threshold_ms, r.window_s
+            "no service has {kind} latency p{} at or above {} ms in {}",
+            r.percentile,
+            r.threshold_ms,
+            span(r.window_s, r.observed_s)
         );
     }
     let parts: Vec<String> = r
@@ -117,10 +146,10 @@ pub(crate) fn latency(r: &LatencyReport) -> String {
         })
         .collect();
     format!(
-        "{} over {} ms {kind} latency in the last {}s. {}",
+        "{} over {} ms {kind} latency in {}. {}",
         r.total,
         r.threshold_ms,
-        r.window_s,
+        span(r.window_s, r.observed_s),
         parts.join("; ")
     )
 }
@@ -152,11 +181,11 @@ pub(crate) fn resources(r: &ResourceUsage) -> String {
     if let Some(n) = &r.network {
         p.push(format!("TCP {} opened, {} retransmits", n.tcp.opened, n.tcp.retransmits));
     }
-    format!("{} over the last {}s: {}", r.service, r.window_s, p.join("; "))
+    format!("{} over {}: {}", r.service, span(r.window_s, r.observed_s), p.join("; "))
 }
 
 pub(crate) fn events(p: &EventPage) -> String {
-    let mut s = format!("{} events in the last {}s", p.total, p.window_s);
+    let mut s = format!("{} in {}", count(p.total, "event"), span(p.window_s, p.observed_s));
     if let Some(e) = p.events.first() {
         s += &format!("; newest: {} of {} (pid {})", e.kind.as_str(), e.service, e.pid);
     }

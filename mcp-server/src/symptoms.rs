@@ -29,7 +29,9 @@ pub const MEASURED: &[Feature] = &[
     Feature::CpuUsage,
     Feature::IoLatency,
     Feature::SyscallErrorsNetwork,
-    Feature::SyscallErrorsFile,
+    Feature::SyscallErrorsMissing,
+    Feature::SyscallErrorsDenied,
+    Feature::SyscallErrorsIo,
     Feature::SyscallErrorsResource,
     Feature::MemoryGrowth,
     Feature::OomKills,
@@ -40,8 +42,13 @@ pub const MEASURED: &[Feature] = &[
 /// Errnos of failed network syscalls: ECONNREFUSED, ETIMEDOUT, EHOSTUNREACH, ENETUNREACH,
 /// ECONNRESET, EPIPE, ECONNABORTED.
 const NETWORK_ERRNOS: &[u32] = &[111, 110, 113, 101, 104, 32, 103];
-/// Errnos of failed file syscalls: ENOENT, EACCES, EIO, EPERM, EROFS.
-const FILE_ERRNOS: &[u32] = &[2, 13, 5, 1, 30];
+/// Errnos of paths that do not exist: ENOENT, ENOTDIR.
+const MISSING_ERRNOS: &[u32] = &[2, 20];
+/// Errnos of refusals by permissions or policy: EACCES, EPERM.
+const DENIED_ERRNOS: &[u32] = &[13, 1];
+/// Errnos of failing storage: EIO, ENXIO, EROFS (a filesystem turns itself read-only after
+/// errors far more often than anyone writes to a read-only mount by mistake).
+const IO_ERRNOS: &[u32] = &[5, 6, 30];
 /// Errnos of exhausted resources: EMFILE, ENFILE, ENOMEM, ENOSPC, EADDRNOTAVAIL, EDQUOT.
 const RESOURCE_ERRNOS: &[u32] = &[24, 23, 12, 28, 99, 122];
 
@@ -52,6 +59,9 @@ pub struct SignatureSummary {
     pub scope: String,
     /// Window length, seconds.
     pub window_s: u64,
+    /// Seconds of the window the collector watched (fewer than `window_s` just after it
+    /// started): rates are per observed second.
+    pub observed_s: u64,
     /// Deviation per measured feature (0 normal .. 5 extreme).
     pub measured: BTreeMap<&'static str, f32>,
     /// Features not measured by this build (0 in the signature means unknown).
@@ -85,12 +95,27 @@ pub struct Counts {
     pub connect_p99_ms: Option<f64>,
     /// On-CPU time as a share of one CPU, percent.
     pub cpu_pct: f64,
-    /// Failed network / file / resource syscalls (benign ones excluded).
-    pub syscall_errors: [u64; 3],
+    /// Failed syscalls by class (benign ones excluded).
+    pub syscall_errors: SyscallErrorClasses,
     /// OOM kills.
     pub oom_kills: u64,
     /// Failed exits.
     pub failed_exits: u64,
+}
+
+/// Failed syscalls by the class of their errno, as the signature's features group them.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SyscallErrorClasses {
+    /// ECONNREFUSED, ETIMEDOUT, EHOSTUNREACH, ENETUNREACH, ECONNRESET, EPIPE, ECONNABORTED.
+    pub network: u64,
+    /// ENOENT, ENOTDIR.
+    pub missing: u64,
+    /// EACCES, EPERM.
+    pub denied: u64,
+    /// EIO, ENXIO, EROFS.
+    pub io: u64,
+    /// EMFILE, ENFILE, ENOMEM, ENOSPC, EADDRNOTAVAIL, EDQUOT.
+    pub resource: u64,
 }
 
 /// `5 * log(x / low) / log(high / low)`, clipped to 0..=5: `low` is where a rate starts to be
@@ -121,7 +146,8 @@ pub fn live(
         c.sends += s.sends;
     }
     let h = store.host_counters(service, window)?;
-    let secs = window.secs() as f64;
+    // Per second watched: a window reaching back before the start would dilute every rate.
+    let secs = store.observed_secs(window.secs()) as f64;
     let minutes = (secs / 60.0).max(1.0 / 60.0);
     c.runqueue_p99_ms = h.runq.percentile_ms(99.0);
     c.io_p99_ms = h.io_lat.percentile_ms(99.0);
@@ -132,9 +158,16 @@ pub fn live(
         if bpfsight_collector::names::is_benign(nr, errno) {
             continue;
         }
-        for (i, class) in [NETWORK_ERRNOS, FILE_ERRNOS, RESOURCE_ERRNOS].iter().enumerate() {
+        let e = &mut c.syscall_errors;
+        for (class, count) in [
+            (NETWORK_ERRNOS, &mut e.network),
+            (MISSING_ERRNOS, &mut e.missing),
+            (DENIED_ERRNOS, &mut e.denied),
+            (IO_ERRNOS, &mut e.io),
+            (RESOURCE_ERRNOS, &mut e.resource),
+        ] {
             if class.contains(&errno) {
-                c.syscall_errors[i] += n;
+                *count += n;
             }
         }
     }
@@ -163,13 +196,22 @@ pub fn live(
     );
     // 100 MB/s of fresh pages is noticeable, 10 GB/s extreme.
     sig.set(Feature::MemoryGrowth, severity(h.page_allocs as f64 / secs, 25_000.0, 2_500_000.0));
-    let [net, file, res] = c.syscall_errors;
-    if net > 0 {
-        sig.set(Feature::SyscallErrorsNetwork, severity(net as f64 / minutes, 0.5, 3_000.0).max(1.0));
+    let e = &c.syscall_errors;
+    if e.network > 0 {
+        sig.set(Feature::SyscallErrorsNetwork, severity(e.network as f64 / minutes, 0.5, 3_000.0).max(1.0));
     }
-    sig.set(Feature::SyscallErrorsFile, severity(file as f64 / secs, 5.0, 5_000.0));
-    if res > 0 {
-        sig.set(Feature::SyscallErrorsResource, severity(res as f64 / minutes, 0.2, 600.0).max(1.0));
+    // Programs probe for files that may not exist all the time (search paths, optional
+    // configuration), so only a sustained rate of misses is a symptom; a refusal or an IO
+    // error is one from the first few.
+    sig.set(Feature::SyscallErrorsMissing, severity(e.missing as f64 / secs, 5.0, 5_000.0));
+    if e.denied > 0 {
+        sig.set(Feature::SyscallErrorsDenied, severity(e.denied as f64 / minutes, 0.5, 3_000.0));
+    }
+    if e.io > 0 {
+        sig.set(Feature::SyscallErrorsIo, severity(e.io as f64 / minutes, 0.2, 600.0).max(1.0));
+    }
+    if e.resource > 0 {
+        sig.set(Feature::SyscallErrorsResource, severity(e.resource as f64 / minutes, 0.2, 600.0).max(1.0));
     }
     if c.oom_kills > 0 {
         sig.set(Feature::OomKills, (3.0 + c.oom_kills as f32).min(5.0));
@@ -180,6 +222,7 @@ pub fn live(
     let summary = SignatureSummary {
         scope: service.map_or_else(|| "host".to_string(), |s| s.to_string()),
         window_s: window.secs(),
+        observed_s: secs as u64,
         measured: MEASURED.iter().map(|f| (f.name(), sig.get(*f))).collect(),
         unmeasured: Feature::ALL.iter().filter(|f| !MEASURED.contains(f)).map(|f| f.name()).collect(),
         counts: c,
