@@ -143,6 +143,34 @@ def test_short_connections_keep_their_sends():
     run_with_server(body)
 
 
+def test_sends_stay_with_their_peer_when_refused_connects_reuse_the_sockets():
+    """200 one-request connections to a server, then at once 200 connects to a closed port.
+    The refused sockets get the memory the finished connections freed, within one poll; having
+    never connected, they sent nothing, so no send may be filed under the closed port (before,
+    most were: 246 of 300 in a trial)."""
+    port, closed, count = 47163, 47164, 200
+
+    async def body(s):
+        srv = Workload("echo-server", "reuse-srv", port, wait_ready=True, seconds=60)
+        try:
+            cli = Workload("clients-then-refused", "reuse-cli", port, other_port=closed, count=count, size=100)
+            out = await anyio.to_thread.run_sync(cli.wait)
+            assert f"connections {count}" in out and f"refused {count}" in out, out
+        finally:
+            srv.kill()
+        await settle()
+        rows = {r["service"]: r for r in (await call(s, "get_connection_stats", {"window": "1m", "limit": 500}))["services"]}
+        cli, srv_row = rows["reuse-cli"], rows["reuse-srv"]
+        assert cli["refused_connects"] == count, cli
+        peers = {p["port"]: p for p in cli["top_peers"]}
+        assert peers[closed]["sends"] == 0, peers
+        assert cli["sends"] + srv_row["sends"] == 2 * count, (cli, srv_row)
+        # Not asserted: the split between client and server, for the reason given in
+        # test_short_connections_keep_their_sends (two connections at one address in one poll).
+
+    run_with_server(body)
+
+
 def test_refused_connects_are_failed_connects_for_the_caller_ipv4_and_ipv6():
     port = 47109  # nothing listens here
 

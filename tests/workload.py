@@ -115,6 +115,13 @@ def refused(a) -> None:
     print(f"refused {failed}", flush=True)
 
 
+def clients_then_refused(a) -> None:
+    """many_clients to --port, then as many connects to --other-port, where nobody listens:
+    the refused sockets get the memory the finished connections freed."""
+    many_clients(a)
+    refused(argparse.Namespace(**{**vars(a), "port": a.other_port}))
+
+
 def unanswered(a) -> None:
     """Connects `count` times to a port whose SYNs are dropped, giving up on each after
     --seconds (a connect that times out, as against one refused)."""
@@ -308,6 +315,7 @@ ROLES = {
     "echo-client": echo_client,
     "many-clients": many_clients,
     "refused": refused,
+    "clients-then-refused": clients_then_refused,
     "retry-connect": retry_connect,
     "unanswered": unanswered,
     "reset-server": reset_server,

@@ -263,7 +263,7 @@ impl Poller {
                 continue;
             }
             // One lookup per active socket: tells both who owns it and whether it still exists.
-            match self.programs.socket(*sk) {
+            match self.programs.sender(*sk) {
                 Some(st) => {
                     // A destroyed socket's way is kept for this: its owner, then it is gone.
                     if st.flags & sock_flags::DESTROYED != 0 {

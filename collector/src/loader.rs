@@ -567,9 +567,10 @@ impl Programs {
         out
     }
 
-    /// What the kernel side knows of a socket (owner, peer), if it still exists.
-    pub fn socket(&self, sk: u64) -> Option<SockState> {
-        self.socks.get(sk)
+    /// The socket at address `sk` whose sends its send counters hold (see
+    /// [`SockTable::get_sender`]).
+    pub fn sender(&self, sk: u64) -> Option<SockState> {
+        self.socks.get_sender(sk)
     }
 
     /// The events counted on tracked sockets since the last call, by owner and peer, and the

@@ -621,7 +621,10 @@ pub fn errno_description(errno: u32) -> &'static str {
 /// non-blocking IO that would block (EAGAIN), a connect in progress (EINPROGRESS), an
 /// interrupted wait (EINTR), a timed futex wait that timed out, the end of a BPF map
 /// iteration, and the probes every runtime makes at start (isatty's ioctl ENOTTY, readlink
-/// EINVAL on a non-link, lseek ESPIPE on a pipe). Counted, but not treated as service errors.
+/// EINVAL on a non-link, lseek ESPIPE on a pipe), and asking whether a path exists (ENOENT
+/// from the stat and access families: an interpreter's start makes dozens, searching its
+/// module path). Counted, but not treated as service errors. Opening a missing file is not
+/// benign: that is how a missing configuration file shows.
 pub fn is_benign(nr: u32, errno: u32) -> bool {
     const EINTR: u32 = 4;
     const ENOENT: u32 = 2;
@@ -635,6 +638,8 @@ pub fn is_benign(nr: u32, errno: u32) -> bool {
         || (x86 && nr == 16 && errno == 25) // ioctl ENOTTY
         || (x86 && (nr == 89 || nr == 267) && errno == 22) // readlink(at) EINVAL
         || (x86 && nr == 8 && errno == 29) // lseek ESPIPE
+        // stat, lstat, access, newfstatat, faccessat, statx, faccessat2
+        || (x86 && matches!(nr, 4 | 6 | 21 | 262 | 269 | 332 | 439) && errno == ENOENT)
 }
 
 #[cfg(test)]
@@ -653,5 +658,9 @@ mod tests {
         }
         assert_eq!(syscall_name(100_000), "syscall_100000");
         assert!(is_benign(0, 11) && !is_benign(257, 2));
+        if cfg!(target_arch = "x86_64") {
+            // A stat that finds nothing answers a question; an open that finds nothing fails.
+            assert!(is_benign(262, 2) && is_benign(332, 2) && !is_benign(262, 13) && !is_benign(2, 2));
+        }
     }
 }

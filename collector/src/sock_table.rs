@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use aya::maps::MapData;
 use bpfsight_common::{
     ConnKey, ConnStats, DESTROYED_TAG, LatHist, Owner, SOCK_BUCKETS, SOCK_WAYS, SockBucket, SockCounts,
-    SockState, sock_bucket,
+    SockState, sock_bucket, sock_flags,
 };
 
 use crate::error::CollectorError;
@@ -77,15 +77,32 @@ impl SockTable {
         unsafe { std::ptr::addr_of!((*self.bucket(b)).value[w].counts).read_volatile() }
     }
 
-    /// What the kernel side knows of socket `sk` (owner, peer), if it still tracks it, or
-    /// tracked it until it was destroyed (then its flags say so).
-    pub fn get(&self, sk: u64) -> Option<SockState> {
+    /// The socket at address `sk` that its send counters belong to. The kernel gives a freed
+    /// socket's memory to the next socket at once, so within one poll one address may have
+    /// been a connection that sent, then sockets that could not: connects refused or still in
+    /// their handshake. The sends are then the connection's. So: the live socket if it is
+    /// established, else a destroyed one that was, else whichever holds the address.
+    pub fn get_sender(&self, sk: u64) -> Option<SockState> {
         if sk == 0 {
             return None;
         }
         let b = sock_bucket(sk) as usize;
-        let way = |key: u64| (0..SOCK_WAYS).find(|&w| self.holder(b, w) == key);
-        way(sk).or_else(|| way(sk | DESTROYED_TAG)).map(|w| self.state(b, w))
+        let established = |st: &SockState| st.flags & sock_flags::ESTABLISHED != 0;
+        let (mut live, mut sent, mut other) = (None, None, None);
+        for w in 0..SOCK_WAYS {
+            let key = self.holder(b, w);
+            if key == sk {
+                live = Some(self.state(b, w));
+            } else if key == sk | DESTROYED_TAG {
+                let st = self.state(b, w);
+                let slot = if established(&st) { &mut sent } else { &mut other };
+                slot.get_or_insert(st);
+            }
+        }
+        match live {
+            Some(st) if established(&st) => Some(st),
+            live => sent.or(live).or(other),
+        }
     }
 
     /// Frees the ways of the sockets [`take_counts`](Self::take_counts) saw destroyed the time
