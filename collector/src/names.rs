@@ -623,8 +623,10 @@ pub fn errno_description(errno: u32) -> &'static str {
 /// iteration, and the probes every runtime makes at start (isatty's ioctl ENOTTY, readlink
 /// EINVAL on a non-link, lseek ESPIPE on a pipe), and asking whether a path exists (ENOENT
 /// from the stat and access families: an interpreter's start makes dozens, searching its
-/// module path). Counted, but not treated as service errors. Opening a missing file is not
-/// benign: that is how a missing configuration file shows.
+/// module path), and `execve` ENOENT (a shell or `execvp` searching `PATH` tries each
+/// directory; a command found nowhere shows as the caller's exit status 127, a failed exit).
+/// Counted, but not treated as service errors. Opening a missing file is not benign: that is
+/// how a missing configuration file shows.
 pub fn is_benign(nr: u32, errno: u32) -> bool {
     const EINTR: u32 = 4;
     const ENOENT: u32 = 2;
@@ -640,6 +642,8 @@ pub fn is_benign(nr: u32, errno: u32) -> bool {
         || (x86 && nr == 8 && errno == 29) // lseek ESPIPE
         // stat, lstat, access, newfstatat, faccessat, statx, faccessat2
         || (x86 && matches!(nr, 4 | 6 | 21 | 262 | 269 | 332 | 439) && errno == ENOENT)
+        // execve, execveat
+        || (x86 && matches!(nr, 59 | 322) && errno == ENOENT)
 }
 
 #[cfg(test)]
@@ -661,6 +665,7 @@ mod tests {
         if cfg!(target_arch = "x86_64") {
             // A stat that finds nothing answers a question; an open that finds nothing fails.
             assert!(is_benign(262, 2) && is_benign(332, 2) && !is_benign(262, 13) && !is_benign(2, 2));
+            assert!(is_benign(59, 2) && !is_benign(59, 13));
         }
     }
 }

@@ -582,14 +582,16 @@ impl Store {
                 recent_events,
             });
         }
-        // OOM kills first, then the TCP error rate, then failed syscalls.
+        // As documented: OOM kills, then failed exits (a process that failed is worse than a
+        // call that failed and may have been handled: a crash loop must not rank below a
+        // neighbour's probing of missing files), then the TCP error rate, then failed syscalls.
         rows.sort_by(|a, b| {
             b.oom_kills
                 .cmp(&a.oom_kills)
+                .then(b.failed_exits.cmp(&a.failed_exits))
                 .then(b.error_rate_pct.total_cmp(&a.error_rate_pct))
                 .then(b.errors.cmp(&a.errors))
                 .then(b.syscall_errors_per_s.total_cmp(&a.syscall_errors_per_s))
-                .then(b.failed_exits.cmp(&a.failed_exits))
                 .then(a.service.cmp(&b.service))
         });
         let total = rows.len();
@@ -821,6 +823,21 @@ mod tests {
         assert!((e.error_rate_pct - 100.0 * 20.0 / 121.0).abs() < 1e-2);
         assert!(s.service_errors(&q(-1.0)).unwrap_err().to_string().contains("from 0 to 100"));
         assert_eq!(s.service_errors(&q(50.0)).unwrap().total, 0);
+    }
+
+    #[test]
+    fn failed_exits_rank_before_tcp_errors_and_failed_syscalls() {
+        let mut s = store();
+        let crashy = HostCounters { exits: 2, failed_exits: 2, ..Default::default() };
+        let prober = HostCounters { syscall_errors: vec![(257, 2, 5_000)], ..Default::default() };
+        for t in 990..1000 {
+            s.record_host(t, &ServiceId::new("crashy"), IdentitySource::ProcessName, &[20], &crashy);
+            s.record_host(t, &ServiceId::new("prober"), IdentitySource::ProcessName, &[21], &prober);
+        }
+        s.tick(999);
+        let r = s.service_errors(&ErrorQuery { limit: 10, ..Default::default() }).unwrap();
+        let order: Vec<&str> = r.services.iter().map(|e| e.service.as_str()).collect();
+        assert_eq!(order, ["crashy", "lossy", "prober"]);
     }
 
     #[test]

@@ -265,7 +265,8 @@ unreachable), resets sent and received, retransmitted segments \
         description = "Services with errors over the window, worst first: OOM kills, processes that exited \
 with a failure (non-zero status or a crash signal; SIGKILL/SIGTERM/SIGINT/SIGHUP are counted as `killed`, not \
 as failures), a TCP error rate at or above `threshold_pct` (default 1.0), or failed syscalls at or above \
-`min_syscall_errors_per_s` (default 5.0; benign ones such as EAGAIN, EINPROGRESS, EINTR, futex timeouts not counted). Each row has the counts \
+`min_syscall_errors_per_s` (default 5.0 per second watched; benign ones such as EAGAIN, EINPROGRESS, EINTR, futex timeouts, \
+ENOENT from stat/access existence checks and from execve searching PATH are listed but not counted). Each row has the counts \
 behind the rate, the worst peers, the top failed syscalls by errno (e.g. openat ENOENT), oom_kills, \
 failed_exits and the latest events. TCP error rate definition: error_rate_pct = 100 * errors / attempts, where \
 errors = failed_connects + resets_sent + resets_received + retransmits, less refused_connects (a connect the peer \
