@@ -239,8 +239,6 @@ pub struct NetworkUsage {
     pub tcp: ServiceConnections,
     /// TCP handshake time of successful connects.
     pub connect_latency: Option<LatencySummary>,
-    /// Failed syscalls, most frequent first (at most 5).
-    pub syscall_errors: Vec<SyscallErrors>,
 }
 
 /// Process life of a service.
@@ -325,6 +323,9 @@ pub struct ResourceUsage {
     pub network: Option<NetworkUsage>,
     /// Process starts and exits.
     pub processes: ProcessLife,
+    /// Failed syscalls of every kind, most frequent first (at most 5), whatever `resource`
+    /// asked for: an `openat` ENOENT is no network error, and an EIO matters to `io` too.
+    pub syscall_errors: Vec<SyscallErrors>,
     /// Where the data came from.
     pub source: &'static str,
     /// Signals this kernel cannot give, so reported as zero here (the `bpfsight://health`
@@ -496,11 +497,7 @@ impl Store {
                     limit: Some(1),
                 })?
                 .services;
-            tcp.pop().map(|tcp| NetworkUsage {
-                tcp,
-                connect_latency: LatencySummary::of(&h.connect),
-                syscall_errors: top_syscall_errors(&h, 5).0,
-            })
+            tcp.pop().map(|tcp| NetworkUsage { tcp, connect_latency: LatencySummary::of(&h.connect) })
         } else {
             None
         };
@@ -520,6 +517,7 @@ impl Store {
                 failed_exits: h.failed_exits,
                 killed: h.killed,
             },
+            syscall_errors: top_syscall_errors(&h, 5).0,
             source: self.health.source,
             unavailable: self.health.unavailable_signals(),
         })

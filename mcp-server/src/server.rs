@@ -332,8 +332,8 @@ mean_ms, max_ms, samples}], total, truncated, method, source}.",
         description = "What one service used over the window. cpu: cpu_pct (share of one CPU), run-queue delay \
 p50/p99, voluntary and involuntary context switches per second. memory: rss_bytes now, page allocations per \
 second, OOM kills. io: read/write bytes per second, operations, discards (blocks released, not data moved), errors, \
-request latency p50/p99, per device, and fsync/fdatasync latency. network: TCP connections, errors, peers and handshake latency, top failed syscalls. \
-Also process starts and exits. resource: cpu, memory, io, network or all (default).",
+request latency p50/p99, per device, and fsync/fdatasync latency. network: TCP connections, errors, peers and handshake latency. \
+Always: process starts and exits, and the top failed syscalls by errno (benign ones marked). resource: cpu, memory, io, network or all (default).",
         input_schema = schema_for_type::<ResourceUsageArgs>(),
         annotations(title = "Resource usage of a service", read_only_hint = true, destructive_hint = false, idempotent_hint = true, open_world_hint = false)
     )]
