@@ -30,8 +30,9 @@ def test_prompts_render_with_checked_arguments_over_stdio():
         assert "`postgres.service`" in text and "last 1h" in text and "{{" not in text
         for tool in ("get_resource_usage", "get_connection_stats", "get_events", "predict_anomaly", "similar_incidents"):
             assert tool in text, tool
+        assert "`observed_s` is below" in text
         text = message_text(await s.get_prompt("triage_host"))
-        assert 'window: "5m"' in text and "get_service_errors" in text
+        assert 'window: "5m"' in text and "get_service_errors" in text and "`observed_s` is below" in text
 
         for name, arguments, expected in [
             ("investigate_service", {}, "needs argument service"),
