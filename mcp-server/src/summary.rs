@@ -109,7 +109,9 @@ pub(crate) fn errors(r: &ErrorReport) -> String {
                     x.error_rate_pct, x.errors, x.attempts, x.failed_connects, x.resets_sent, x.resets_received, x.retransmits
                 ));
             }
-            if let Some(e) = x.syscall_errors.first() {
+            // The rate counts only harmful failures: name the most frequent of those, not a
+            // benign isatty probe that happens to be more frequent.
+            if let Some(e) = x.syscall_errors.iter().find(|e| !e.benign).filter(|_| x.syscall_errors_per_s > 0.0) {
                 p.push(format!("{} failed syscalls/s, most {} {}", x.syscall_errors_per_s, e.syscall, e.errno));
             }
             if x.failed_exits > 0 {
