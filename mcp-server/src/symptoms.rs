@@ -4,8 +4,8 @@
 //! Until per-service baselines exist (the predictor's job), deviations are absolute severities
 //! on the schema's scale (0 normal, 1 noticeable, 3 severe, 5 extreme), from rates that are
 //! abnormal on any host: retransmits as a share of sends, failed connects as a share of
-//! attempts, resets and new connections per unit of time, run-queue / IO / handshake p99s,
-//! failed syscalls by errno class, OOM kills and failed exits. Features the collector does not
+//! attempts, resets and new connections per unit of time, run-queue / IO / handshake p99s
+//! (weighed down below five samples), failed syscalls by errno class, OOM kills and failed exits. Features the collector does not
 //! measure yet are listed as such, so a reader knows a 0 there means "unknown", not "normal".
 
 use std::collections::BTreeMap;
@@ -118,6 +118,17 @@ pub struct SyscallErrorClasses {
     pub resource: u64,
 }
 
+/// How far a latency percentile over `samples` samples can be trusted as a symptom: a p99 of
+/// one sample is that sample (one connect that waited out a dropped SYN), and read at full
+/// weight it outweighs a retransmit rate measured over hundreds of segments. Full weight from
+/// [`FULL_WEIGHT_SAMPLES`] samples on.
+fn sample_weight(samples: u64) -> f32 {
+    (samples as f32 / FULL_WEIGHT_SAMPLES as f32).min(1.0)
+}
+
+/// Samples from which a latency percentile counts fully (see [`sample_weight`]).
+const FULL_WEIGHT_SAMPLES: u64 = 5;
+
 /// `5 * log(x / low) / log(high / low)`, clipped to 0..=5: `low` is where a rate starts to be
 /// noticeable, `high` where it is extreme.
 fn severity(x: f64, low: f64, high: f64) -> f32 {
@@ -186,9 +197,12 @@ pub fn live(
     sig.set(Feature::ResetsSent, severity(c.resets_sent as f64 / minutes, 0.5, 300.0));
     sig.set(Feature::ConnectionChurn, severity(c.opened as f64 / minutes, 60.0, 60_000.0));
     // Latencies: from where users start to feel them to where requests time out.
-    sig.set(Feature::ConnectLatency, severity(c.connect_p99_ms.unwrap_or(0.0), 10.0, 3_000.0));
-    sig.set(Feature::RunqueueDelay, severity(c.runqueue_p99_ms.unwrap_or(0.0), 2.0, 500.0));
-    sig.set(Feature::IoLatency, severity(c.io_p99_ms.unwrap_or(0.0), 20.0, 2_000.0));
+    let latency = |p99: Option<f64>, low, high, samples| {
+        severity(p99.unwrap_or(0.0), low, high) * sample_weight(samples)
+    };
+    sig.set(Feature::ConnectLatency, latency(c.connect_p99_ms, 10.0, 3_000.0, h.connect.count));
+    sig.set(Feature::RunqueueDelay, latency(c.runqueue_p99_ms, 2.0, 500.0, h.runq.count));
+    sig.set(Feature::IoLatency, latency(c.io_p99_ms, 20.0, 2_000.0, h.io_lat.count));
     sig.set(Feature::CpuUsage, severity(c.cpu_pct, 80.0, 800.0));
     sig.set(
         Feature::ContextSwitches,
@@ -237,6 +251,10 @@ mod tests {
     #[test]
     fn severity_scale() {
         assert_eq!(severity(0.0005, 0.001, 0.2), 0.0);
+        assert_eq!(
+            (super::sample_weight(1), super::sample_weight(5), super::sample_weight(900)),
+            (0.2, 1.0, 1.0)
+        );
         assert_eq!(severity(0.2, 0.001, 0.2), 5.0);
         assert_eq!(severity(9.0, 0.001, 0.2), 5.0);
         let mid = severity(0.014, 0.001, 0.2);
