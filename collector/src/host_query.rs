@@ -100,8 +100,8 @@ pub struct LatencyReport {
     pub threshold_ms: f64,
     /// Window length, seconds.
     pub window_s: u64,
-    /// Seconds of the window the collector watched: `window_s`, or fewer in the first
-    /// `window_s` seconds after it started.
+    /// Seconds of the window the collector watched, which rates are per (see
+    /// [`Store::observed_secs`]).
     pub observed_s: u64,
     /// Resolution the window was answered at, seconds.
     pub resolution_s: u64,
@@ -303,9 +303,8 @@ pub struct ResourceUsage {
     pub service: ServiceId,
     /// Window length, seconds.
     pub window_s: u64,
-    /// Seconds of the window the collector watched: `window_s`, or fewer in the first
-    /// `window_s` seconds after it started. Rates and `cpu_pct`
-    /// are per observed second.
+    /// Seconds of the window the collector watched, which rates are per (see
+    /// [`Store::observed_secs`]).
     pub observed_s: u64,
     /// Resolution the window was answered at, seconds.
     pub resolution_s: u64,
@@ -362,8 +361,8 @@ pub struct EventPage {
     pub evicted: u64,
     /// Window length, seconds.
     pub window_s: u64,
-    /// Seconds of the window the collector watched: `window_s`, or fewer in the first
-    /// `window_s` seconds after it started.
+    /// Seconds of the window the collector watched, which rates are per (see
+    /// [`Store::observed_secs`]).
     pub observed_s: u64,
     /// Where the data came from.
     pub source: &'static str,

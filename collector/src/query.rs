@@ -179,8 +179,8 @@ impl ServiceConnections {
 pub struct ConnectionReport {
     /// Window length, seconds.
     pub window_s: u64,
-    /// Seconds of the window the collector watched: `window_s`, or fewer in the first
-    /// `window_s` seconds after it started. Rates are per observed second.
+    /// Seconds of the window the collector watched, which rates are per (see
+    /// [`Store::observed_secs`]).
     pub observed_s: u64,
     /// Resolution the window was answered at, seconds.
     pub resolution_s: u64,
@@ -330,8 +330,8 @@ impl Default for ErrorQuery {
 pub struct ErrorReport {
     /// Window length, seconds.
     pub window_s: u64,
-    /// Seconds of the window the collector watched: `window_s`, or fewer in the first
-    /// `window_s` seconds after it started. Rates are per observed second.
+    /// Seconds of the window the collector watched, which rates are per (see
+    /// [`Store::observed_secs`]).
     pub observed_s: u64,
     /// TCP error-rate threshold applied, percent.
     pub threshold_pct: f64,

@@ -106,15 +106,15 @@ pub struct Counts {
 /// Failed syscalls by the class of their errno, as the signature's features group them.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct SyscallErrorClasses {
-    /// ECONNREFUSED, ETIMEDOUT, EHOSTUNREACH, ENETUNREACH, ECONNRESET, EPIPE, ECONNABORTED.
+    /// The errnos of `NETWORK_ERRNOS`.
     pub network: u64,
-    /// ENOENT, ENOTDIR.
+    /// The errnos of `MISSING_ERRNOS`.
     pub missing: u64,
-    /// EACCES, EPERM.
+    /// The errnos of `DENIED_ERRNOS`.
     pub denied: u64,
-    /// EIO, ENXIO, EROFS.
+    /// The errnos of `IO_ERRNOS`.
     pub io: u64,
-    /// EMFILE, ENFILE, ENOMEM, ENOSPC, EADDRNOTAVAIL, EDQUOT.
+    /// The errnos of `RESOURCE_ERRNOS`.
     pub resource: u64,
 }
 
