@@ -21,6 +21,9 @@ WORKLOAD = HERE / "workload.py"
 
 # Every server the tests start keeps its incidents here, not in the user's data directory.
 os.environ.setdefault("BPFSIGHT_DATA_DIR", tempfile.mkdtemp(prefix="bpfsight-test-data-"))
+# Each test asserts on what its own server saw: no history restored from the servers before it.
+# test_history.py turns it on for its own data directories.
+os.environ.setdefault("BPFSIGHT_KEEP_HISTORY", "off")
 
 
 def bpfsight_bin() -> str:

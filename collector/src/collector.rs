@@ -11,6 +11,7 @@ use bpfsight_common::{
 };
 
 use crate::error::CollectorError;
+use crate::history::HistoryFile;
 use crate::host::{Histogram, HostCounters};
 use crate::journal::JournalWriter;
 use crate::loader::{HostSnapshot, KernelCounters, ProgramSet, ProgramStats, Programs};
@@ -44,6 +45,17 @@ pub struct CollectorConfig {
     pub without: Vec<SignalGroup>,
     /// Also write every change to the store to this recording (see [`crate::journal`]).
     pub record: Option<std::path::PathBuf>,
+    /// Keep history across restarts in this directory (see [`crate::history`]).
+    pub history: Option<HistoryConfig>,
+}
+
+/// Where and how often a collector saves its history (see [`crate::history`]).
+#[derive(Clone, Debug)]
+pub struct HistoryConfig {
+    /// The directory of the history file (bpfsight's data directory).
+    pub dir: std::path::PathBuf,
+    /// How often to save while running; it is saved when the collector stops, too.
+    pub every: Duration,
 }
 
 impl Default for CollectorConfig {
@@ -54,16 +66,20 @@ impl Default for CollectorConfig {
             programs: ProgramSet::All,
             without: Vec::new(),
             record: None,
+            history: None,
         }
     }
 }
 
-/// A running collector. Dropping it detaches the programs.
+/// A running collector. Dropping it detaches the programs and saves the history.
 pub struct Collector {
     store: Arc<RwLock<Store>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     program_stats: Arc<RwLock<Vec<ProgramStats>>>,
+    /// Saves the history now and then; stopped after the poller, so its last save holds the
+    /// last poll.
+    saver: Option<Saver>,
 }
 
 pub(crate) fn unix_now() -> Duration {
@@ -107,6 +123,7 @@ impl Collector {
             j.procs(&table);
         }
         store.set_processes(table);
+        let history = restore_history(config.history.as_ref(), "ebpf", &mut store);
         let store = Arc::new(RwLock::new(store));
         let stop = Arc::new(AtomicBool::new(false));
         let program_stats = Arc::new(RwLock::new(Vec::new()));
@@ -132,7 +149,8 @@ impl Collector {
             .spawn(move || poller.run(&stop2))
             .map_err(|source| CollectorError::Io { path: "thread".into(), source })?;
         tracing::info!(programs = ?config.programs, without = ?config.without, "collector started");
-        Ok(Collector { store, stop, thread: Some(thread), program_stats })
+        let saver = history.and_then(|(file, every)| Saver::start(file, store.clone(), every));
+        Ok(Collector { store, stop, thread: Some(thread), program_stats, saver })
     }
 
     fn start_procfs(config: CollectorConfig) -> Result<Collector, CollectorError> {
@@ -142,6 +160,7 @@ impl Collector {
         store.health_mut().started_at = now;
         store.health_mut().unavailable = crate::procfs::unavailable();
         store.set_processes(procs::scan(64));
+        let history = restore_history(config.history.as_ref(), "procfs", &mut store);
         let journal = match &config.record {
             Some(path) => Some(JournalWriter::create(path, "procfs", now)?),
             None => None,
@@ -155,7 +174,8 @@ impl Collector {
             .spawn(move || poller.run(&stop2, interval))
             .map_err(|source| CollectorError::Io { path: "thread".into(), source })?;
         tracing::info!("collector started from /proc (coarser than eBPF: see the procfs source docs)");
-        Ok(Collector { store, stop, thread: Some(thread), program_stats: Arc::default() })
+        let saver = history.and_then(|(file, every)| Saver::start(file, store.clone(), every));
+        Ok(Collector { store, stop, thread: Some(thread), program_stats: Arc::default(), saver })
     }
 
     /// The shared store the collector fills.
@@ -192,6 +212,92 @@ impl Drop for Collector {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+        if let Some(s) = self.saver.take() {
+            s.stop();
+        }
+    }
+}
+
+/// Restores `source`'s saved history into a store that has just started, and returns the
+/// file to save it to. History is a convenience: a file that cannot be read or restored is
+/// logged and the collector starts empty.
+fn restore_history(
+    config: Option<&HistoryConfig>,
+    source: &str,
+    store: &mut Store,
+) -> Option<(HistoryFile, Duration)> {
+    let config = config?;
+    let file = match HistoryFile::open(&config.dir, source) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!(error = %e, "history will not be kept across restarts");
+            return None;
+        }
+    };
+    match file.restore_into(store) {
+        Ok(Some(r)) => tracing::info!(
+            path = %file.path().display(),
+            services = r.services,
+            events = r.events,
+            bytes = r.bytes,
+            age_s = store.now().saturating_sub(r.saved_at),
+            "history restored"
+        ),
+        Ok(None) => tracing::debug!(path = %file.path().display(), "no saved history"),
+        Err(e) => tracing::warn!(error = %e, "saved history not restored; starting empty"),
+    }
+    if !file.saves() {
+        tracing::info!(path = %file.path().display(), "another bpfsight saves this history; this one only read it");
+        return None;
+    }
+    Some((file, config.every))
+}
+
+/// The thread that saves the history every so often, and once more when stopped.
+struct Saver {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<()>,
+}
+
+impl Saver {
+    fn start(file: HistoryFile, store: Arc<RwLock<Store>>, every: Duration) -> Option<Saver> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let spawned = std::thread::Builder::new().name("bpfsight-history".into()).spawn(move || {
+            let save = || match file.save_shared(&store) {
+                Ok(Some(s)) => tracing::debug!(
+                    bytes = s.bytes,
+                    encode_ms = s.encode_ms,
+                    total_ms = s.total_ms,
+                    "history saved"
+                ),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "history not saved"),
+            };
+            let mut next = std::time::Instant::now() + every;
+            while !stop2.load(Ordering::Relaxed) {
+                if std::time::Instant::now() >= next {
+                    save();
+                    next = std::time::Instant::now() + every;
+                }
+                std::thread::park_timeout(Duration::from_millis(250));
+            }
+            save();
+        });
+        match spawned {
+            Ok(thread) => Some(Saver { stop, thread }),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the history thread; history will not be saved");
+                None
+            }
+        }
+    }
+
+    /// Saves one last time and waits for it.
+    fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.thread().unpark();
+        let _ = self.thread.join();
     }
 }
 

@@ -19,6 +19,7 @@
 pub mod btf;
 pub mod collector;
 pub mod error;
+pub mod history;
 pub mod host;
 pub mod host_query;
 pub mod journal;
@@ -41,7 +42,7 @@ pub mod window;
 
 /// The kernel/user shared types, for callers that need program or map names.
 pub use bpfsight_common as common;
-pub use collector::{Backend, Collector, CollectorConfig, ProgramStatsHandle};
+pub use collector::{Backend, Collector, CollectorConfig, HistoryConfig, ProgramStatsHandle};
 pub use error::CollectorError;
 pub use service::ServiceId;
 pub use store::Store;

@@ -370,8 +370,83 @@ impl<S: Slot> Ring<S> {
     }
 }
 
+/// A ring as saved across restarts (see [`crate::history`]): only the live bytes, as one
+/// byte string rather than a sequence of integers.
+#[derive(Serialize)]
+struct RingRef<'a, S> {
+    resolution: u64,
+    span: u64,
+    sealed: &'a VecDeque<(u32, u32)>,
+    base: u64,
+    #[serde(with = "serde_bytes")]
+    bytes: &'a [u8],
+    open: &'a Option<(u64, S)>,
+    complete_from: u64,
+}
+
+/// [`RingRef`] read back.
+#[derive(Deserialize)]
+struct RingRepr<S> {
+    resolution: u64,
+    span: u64,
+    sealed: VecDeque<(u32, u32)>,
+    base: u64,
+    #[serde(with = "serde_bytes")]
+    bytes: Vec<u8>,
+    open: Option<(u64, S)>,
+    complete_from: u64,
+}
+
+impl<S: Serialize> Serialize for Ring<S> {
+    fn serialize<Ser: serde::Serializer>(&self, s: Ser) -> Result<Ser::Ok, Ser::Error> {
+        RingRef {
+            resolution: self.resolution,
+            span: self.span,
+            sealed: &self.sealed,
+            base: self.base,
+            bytes: &self.bytes[self.head..],
+            open: &self.open,
+            complete_from: self.complete_from,
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de, S: serde::de::DeserializeOwned> Deserialize<'de> for Ring<S> {
+    /// Refuses a ring whose slot index does not add up to its bytes (a query would slice out
+    /// of bounds) or whose slots are out of order.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let r = RingRepr::<S>::deserialize(d)?;
+        let packed: u64 = r.sealed.iter().map(|&(_, len)| len as u64).sum();
+        if packed != r.bytes.len() as u64 {
+            return Err(D::Error::custom(format!(
+                "ring index covers {packed} bytes, {} saved",
+                r.bytes.len()
+            )));
+        }
+        if !r.sealed.iter().zip(r.sealed.iter().skip(1)).all(|(a, b)| a.0 < b.0) {
+            return Err(D::Error::custom("ring slots out of order"));
+        }
+        if r.resolution == 0 || r.span % r.resolution != 0 {
+            return Err(D::Error::custom(format!("ring resolution {}s, span {}s", r.resolution, r.span)));
+        }
+        Ok(Ring {
+            resolution: r.resolution,
+            span: r.span,
+            sealed: r.sealed,
+            base: r.base,
+            bytes: r.bytes,
+            head: 0,
+            open: r.open,
+            complete_from: r.complete_from,
+        })
+    }
+}
+
 /// One signal family's history at the three resolutions.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(bound(serialize = "S: Serialize", deserialize = "S: serde::de::DeserializeOwned"))]
 struct Series<S> {
     fine: Ring<S>,
     mid: Ring<S>,
@@ -440,15 +515,19 @@ impl<S: Slot> Series<S> {
     }
 }
 
-/// Everything kept about one service.
-#[derive(Clone, Debug)]
+/// Everything kept about one service. Saved across restarts without what describes only the
+/// running system (pids, open connections).
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct ServiceState {
     pub(crate) identity: IdentitySource,
+    #[serde(skip)]
     pub(crate) pids: BTreeSet<Pid>,
     tcp: Series<TcpSlot>,
     host: Series<HostSlot>,
     /// Since the collector started, to derive connections still established.
+    #[serde(skip)]
     pub(crate) opened_total: u64,
+    #[serde(skip)]
     pub(crate) closed_total: u64,
     /// Last second with TCP activity (0 if none).
     pub(crate) last_active: u64,
@@ -645,10 +724,25 @@ pub struct Health {
     /// [`MAX_HISTORY_SLOTS`] (their seconds are still counted at the next coarser resolution).
     #[serde(default)]
     pub slots_trimmed: u64,
+    /// Periods that earlier runs of bpfsight watched, restored from the data directory at
+    /// start (see [`crate::history`]), oldest first. Their history answers queries, and
+    /// their seconds count as watched in [`Store::observed_secs`]. Empty when nothing was
+    /// restored; never read back from a recording (it holds no data from before it started).
+    #[serde(default, skip_deserializing, skip_serializing_if = "Vec::is_empty")]
+    pub earlier_runs: Vec<Watched>,
     /// Signals this kernel cannot give (a hook missing or a record laid out differently), and
     /// why. Empty on a kernel with every hook.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unavailable: Vec<crate::plan::UnavailableSignal>,
+}
+
+/// Seconds `(from, to]` (Unix) that a run of bpfsight watched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Watched {
+    /// When the run started.
+    pub from: u64,
+    /// Its last second saved.
+    pub to: u64,
 }
 
 impl Health {
@@ -669,7 +763,7 @@ impl Health {
 pub struct Store {
     pub(crate) services: HashMap<ServiceId, ServiceState>,
     pub(crate) events: VecDeque<Event>,
-    next_seq: u64,
+    pub(crate) next_seq: u64,
     /// Live processes by service name, refreshed by the collector.
     pub(crate) processes: HashMap<ServiceId, Vec<Pid>>,
     /// Command line per service: a live one's, else the last seen while the service has
@@ -683,7 +777,7 @@ pub struct Store {
     pub(crate) now: u64,
     pub(crate) health: Health,
     /// Bumped by every change: answers computed at one generation hold until the next.
-    generation: u64,
+    pub(crate) generation: u64,
 }
 
 impl Store {
@@ -857,8 +951,14 @@ impl Store {
     /// has run for less than that (a recording: since the recording started). Rates divide
     /// by this, not by the window asked for: ten seconds after a start, "per second over the
     /// last 5 minutes" must not be diluted thirty times by minutes nobody watched. At least 1.
+    ///
+    /// With history restored from earlier runs, the seconds those runs watched count too, and
+    /// the time bpfsight was not running does not.
     pub fn observed_secs(&self, secs: u64) -> u64 {
-        secs.min(self.now.saturating_sub(self.health.started_at)).max(1)
+        let from = self.now.saturating_sub(secs);
+        let overlap = |a: u64, b: u64| b.min(self.now).saturating_sub(a.max(from));
+        let earlier: u64 = self.health.earlier_runs.iter().map(|w| overlap(w.from, w.to)).sum();
+        (overlap(self.health.started_at, self.now) + earlier).min(secs).max(1)
     }
 
     /// Calls `f` with what each service did in the seconds `(from, to]` (at most the

@@ -22,7 +22,7 @@ pub const DEFAULT_CONFIG: &str = "/etc/bpfsight/config.toml";
 #[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
-    /// Directory for recorded incidents and indexes.
+    /// Directory for recorded incidents and indexes, the predictor's model and saved history.
     pub data_dir: Option<PathBuf>,
     /// Offer tools that change state (record_incident).
     pub write_tools: Option<bool>,
@@ -34,6 +34,8 @@ pub struct FileConfig {
     pub call_timeout_secs: Option<u64>,
     /// Signal groups not to collect, e.g. `["syscalls"]`.
     pub without: Option<Vec<SignalGroup>>,
+    /// Save history to the data directory this often and restore it at start ("5m"), or "off".
+    pub keep_history: Option<String>,
     /// `[http]`
     #[serde(default)]
     pub http: HttpFile,
@@ -139,7 +141,7 @@ pub struct EmbedderFile {
 pub struct Settings {
     /// The config file read, if any.
     pub config_file: Option<PathBuf>,
-    /// Directory for recorded incidents and indexes.
+    /// Directory for recorded incidents and indexes, the predictor's model and saved history.
     pub data_dir: PathBuf,
     /// Write tools offered.
     pub write_tools: bool,
@@ -151,6 +153,9 @@ pub struct Settings {
     pub call_timeout_secs: u64,
     /// Signal groups not collected (their hooks are not attached).
     pub without: Vec<SignalGroup>,
+    /// History is saved to the data directory this often, seconds, and restored at start
+    /// (absent: `off`, every start is empty).
+    pub keep_history_secs: Option<u64>,
     /// HTTP settings; `listen` None means stdio.
     pub http: HttpSettings,
     /// Redaction policy.
@@ -255,6 +260,14 @@ pub fn default_data_dir() -> PathBuf {
 }
 
 impl Settings {
+    /// Where and how often the collector keeps its history, unless `keep_history` is off.
+    pub fn history(&self) -> Option<bpfsight_collector::HistoryConfig> {
+        self.keep_history_secs.map(|secs| bpfsight_collector::HistoryConfig {
+            dir: self.data_dir.clone(),
+            every: std::time::Duration::from_secs(secs),
+        })
+    }
+
     /// Everything wrong with this configuration that can be found without starting: each entry
     /// says what is wrong and how to fix it.
     pub fn problems(&self, known_tools: &[String]) -> Vec<String> {

@@ -18,7 +18,7 @@ use bpfsight::redact::{Redactor, Treatment};
 use bpfsight::{BpfsightServer, Policy};
 use bpfsight_casebase::{CaseBase, Embedder, Error as CaseBaseError, RemoteApi, RemoteEmbedder};
 use bpfsight_collector::plan::SignalGroup;
-use bpfsight_collector::{Backend, Collector, CollectorConfig, CollectorError, Store, Window};
+use bpfsight_collector::{Backend, Collector, CollectorConfig, CollectorError, HistoryConfig, Store, Window};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use rmcp::ServiceExt;
 use rmcp::model::CallToolRequestParams;
@@ -172,11 +172,17 @@ enum Data {
 }
 
 impl Data {
-    fn open(source: &Source, without: &[SignalGroup], record: Option<PathBuf>) -> anyhow::Result<Data> {
+    fn open(
+        source: &Source,
+        without: &[SignalGroup],
+        record: Option<PathBuf>,
+        history: Option<HistoryConfig>,
+    ) -> anyhow::Result<Data> {
         let live = |backend| CollectorConfig {
             backend,
             record: record.clone(),
             without: without.to_vec(),
+            history: history.clone(),
             ..CollectorConfig::default()
         };
         if !without.is_empty() && matches!(source, Source::Procfs | Source::Replay(_)) {
@@ -250,7 +256,8 @@ struct CommonArgs {
     /// TOML config file (default /etc/bpfsight/config.toml when it exists).
     #[arg(long, env = "BPFSIGHT_CONFIG", value_name = "PATH")]
     config: Option<PathBuf>,
-    /// Directory for recorded incidents and their indexes (default ~/.local/share/bpfsight).
+    /// Directory for recorded incidents, the predictor's model and saved history (default
+    /// ~/.local/share/bpfsight).
     #[arg(long, env = "BPFSIGHT_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
     /// Offer tools that change state (record_incident); hidden and refused otherwise.
@@ -281,6 +288,10 @@ struct CommonArgs {
     /// Model of a remote embedder, e.g. nomic-embed-text.
     #[arg(long, env = "BPFSIGHT_EMBEDDER_MODEL")]
     embedder_model: Option<String>,
+    /// Save the collected history to the data directory this often (and at exit), and restore
+    /// it at start, so a restart keeps it: a duration like "5m" (the default), or "off".
+    #[arg(long, env = "BPFSIGHT_KEEP_HISTORY", value_name = "DURATION|off")]
+    keep_history: Option<String>,
     /// Where the data comes from: auto (eBPF, or /proc when BPF is not permitted; default),
     /// ebpf, procfs, or replay:FILE (a recording).
     #[arg(long, env = "BPFSIGHT_SOURCE", value_parser = parse_source, default_value = "auto")]
@@ -456,7 +467,9 @@ fn settings(serve: Option<&ServeArgs>, common: &CommonArgs) -> anyhow::Result<Se
         if flag.is_empty() { file.unwrap_or_default() } else { flag }
     };
     let api_key_env = f.embedder.api_key_env.clone();
+    let keep_history = common.keep_history.clone().or(f.keep_history).unwrap_or_else(|| "5m".into());
     Ok(Settings {
+        keep_history_secs: parse_keep_history(&keep_history)?,
         config_file,
         data_dir: common.data_dir.clone().or(f.data_dir).unwrap_or_else(config::default_data_dir),
         write_tools: common.write_tools.or(f.write_tools).unwrap_or(false),
@@ -516,6 +529,16 @@ fn settings(serve: Option<&ServeArgs>, common: &CommonArgs) -> anyhow::Result<Se
             timeout_secs: f.embedder.timeout_secs.unwrap_or(10),
         },
     })
+}
+
+/// `--keep-history`: how often history is saved, in seconds, or None for "off".
+fn parse_keep_history(v: &str) -> anyhow::Result<Option<u64>> {
+    if v.trim() == "off" {
+        return Ok(None);
+    }
+    let w: Window =
+        v.parse().map_err(|e| anyhow::anyhow!("--keep-history (keep_history): {e}; or \"off\""))?;
+    Ok(Some(w.secs()))
 }
 
 fn policy_from(s: &Settings) -> anyhow::Result<Policy> {
@@ -628,6 +651,7 @@ fn load_tokens(path: Option<&PathBuf>) -> anyhow::Result<Option<Arc<Tokens>>> {
 }
 
 async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
+    let shutdown = shutdown_signal();
     let s = settings(Some(&a), &a.common)?;
     let mut policy = policy_from(&s)?;
     if let Some(path) = &s.audit.path {
@@ -660,7 +684,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
-    let data = Data::open(&a.common.source, &s.without, a.record.clone())?;
+    let data = Data::open(&a.common.source, &s.without, a.record.clone(), s.history())?;
     let casebase = open_casebase(&s).await?;
     let predictor = start_predictor(&s, &data, &a.train_after, &a.retrain_every)?;
     let server =
@@ -678,20 +702,52 @@ async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         });
     }
     match http {
-        Some(cfg) => {
-            let shutdown = async {
-                let _ = tokio::signal::ctrl_c().await;
-            };
-            bpfsight::http::serve(server, cfg, shutdown).await?;
-        }
+        Some(cfg) => bpfsight::http::serve(server, cfg, shutdown).await?,
         None => {
-            let running = server.serve(rmcp::transport::stdio()).await.context("MCP handshake on stdio")?;
-            tracing::info!("serving MCP on stdio");
-            running.waiting().await.context("MCP session")?;
+            let session = async {
+                let running =
+                    server.serve(rmcp::transport::stdio()).await.context("MCP handshake on stdio")?;
+                tracing::info!("serving MCP on stdio");
+                running.waiting().await.context("MCP session")?;
+                anyhow::Ok(())
+            };
+            tokio::select! {
+                r = session => r?,
+                () = shutdown => {}
+            }
         }
     }
+    // Detaches the programs and saves the history.
     drop(data);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves at SIGINT or SIGTERM (how service managers and MCP clients stop a server), so
+/// that either ends serving cleanly and the history is saved on the way out. The handlers are
+/// installed when this is called, not when the future is first polled: a signal during
+/// start-up (loading the programs takes seconds) is not lost.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        let wait = |s: std::io::Result<tokio::signal::unix::Signal>, name: &'static str| async move {
+            match s {
+                Ok(mut s) => {
+                    s.recv().await;
+                    tracing::info!(signal = name, "stopping");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, signal = name, "cannot watch for this signal");
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        tokio::select! {
+            () = wait(term, "SIGTERM") => {}
+            () = wait(int, "SIGINT") => {}
+        }
+    }
 }
 
 /// Starts the anomaly predictor on `data`, its model kept in `<data_dir>/predictor`.
@@ -769,7 +825,7 @@ async fn call(a: CallArgs) -> anyhow::Result<ExitCode> {
     let collect: Window = a.collect.parse().map_err(|e| anyhow::anyhow!("--collect: {e}"))?;
     let s = settings(None, &a.common)?;
     let policy = policy_from(&s)?; // refuse a bad policy before collecting
-    let data = Data::open(&a.common.source, &s.without, None)?;
+    let data = Data::open(&a.common.source, &s.without, None, s.history())?;
     let casebase = open_casebase(&s).await?;
     // The saved model answers at once; a short collect is too short to train one.
     let predictor = start_predictor(&s, &data, "7d", "7d")?;
