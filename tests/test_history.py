@@ -65,6 +65,8 @@ def test_a_restart_keeps_history_events_and_cursors(tmp_path):
         assert len(h["earlier_runs"]) == 1, h
         run = h["earlier_runs"][0]
         assert run["from"] < run["to"] <= h["started_at"], h
+        assert h["history"]["saving"] and h["history"]["restored_from"] == run["to"], h["history"]
+        assert h["history"]["file"] == str(saved) and h["history"]["every_s"] == 300, h["history"]
         # New events number on from the restored ones, so cursors handed out before the restart
         # still page through older events.
         r = Workload("refused", "hist-refused", 1, count=2)
@@ -77,13 +79,21 @@ def test_a_restart_keeps_history_events_and_cursors(tmp_path):
     run_with_server(second, serve(data))
 
     # SIGTERM (how systemd and clients stop a server) saves too: a third run sees two earlier runs.
-    p = subprocess.Popen([bpfsight_bin(), *serve(data)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
-    time.sleep(4)
-    p.send_signal(signal.SIGTERM)
-    _, err = p.communicate(timeout=30)
-    assert p.returncode == 0, err
-    assert "history restored" in err, err
+    # No client: stdin stays open and silent, as under a service manager.
+    log = tmp_path / "third.log"
+    with open(log, "w") as errf:
+        p = subprocess.Popen([bpfsight_bin(), *serve(data)], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                             stderr=errf)
+        deadline = time.monotonic() + 60
+        while "incident case base ready" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(2)  # a run that watched some seconds
+        p.send_signal(signal.SIGTERM)
+        rc = p.wait(timeout=30)
+        p.stdin.close()
+    err = log.read_text()
+    assert rc == 0, err
+    assert "history restored" in err and "SIGTERM" in err, err
 
     async def third(s):
         h = await health(s)
@@ -99,11 +109,16 @@ def test_unreadable_history_is_kept_aside_and_off_means_off(tmp_path):
     data.mkdir()
     (data / "history-ebpf.bin").write_bytes(b"BPFSIGHT-HISTORY" + b"\x01\x00\x00\x00" + b"\xff" * 40)
 
-    async def empty(s):
+    async def damaged(s):
         h = await health(s)
         assert "earlier_runs" not in h, h
+        assert "moved to" in h["history"]["last_error"] and h["history"]["restored_from"] is None, h["history"]
 
-    run_with_server(empty, serve(data))
+    async def empty(s):
+        h = await health(s)
+        assert "earlier_runs" not in h and "history" not in h, h
+
+    run_with_server(damaged, serve(data))
     # The damaged file is kept for a look, and a good one was saved in its place.
     assert (data / "history-ebpf.bin.bad").read_bytes().startswith(b"BPFSIGHT-HISTORY")
     assert (data / "history-ebpf.bin").stat().st_size > 32
@@ -145,3 +160,26 @@ def test_bad_keep_history_value_is_refused_with_what_is_accepted(tmp_path):
                          capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
     assert out.returncode != 0
     assert "--keep-history" in out.stderr and "off" in out.stderr, out.stderr
+
+
+def test_an_http_server_with_a_client_attached_stops_on_sigterm_and_saves(tmp_path):
+    from test_http import READ_SECRET, HttpServer, session_run
+
+    data = tmp_path / "data"
+    server = HttpServer(tmp_path, extra=("--data-dir", str(data), "--keep-history", "5m"))
+
+    async def attached(s):
+        await s.list_tools()
+        # The client's event stream stays open: the server must not wait for it forever.
+        t0 = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        rc = await anyio.to_thread.run_sync(lambda: server.proc.wait(20))
+        return rc, time.monotonic() - t0
+
+    try:
+        rc, took = session_run(server.url, READ_SECRET, attached)
+    finally:
+        if server.proc.poll() is None:
+            server.proc.kill()
+    assert rc == 0 and took < 10, (rc, took, "".join(server.stderr))
+    assert (data / "history-ebpf.bin").exists(), "".join(server.stderr)

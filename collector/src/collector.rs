@@ -11,7 +11,7 @@ use bpfsight_common::{
 };
 
 use crate::error::CollectorError;
-use crate::history::HistoryFile;
+use crate::history::{HistoryFile, HistoryStatus};
 use crate::host::{Histogram, HostCounters};
 use crate::journal::JournalWriter;
 use crate::loader::{HostSnapshot, KernelCounters, ProgramSet, ProgramStats, Programs};
@@ -234,18 +234,31 @@ fn restore_history(
             return None;
         }
     };
+    let mut status = HistoryStatus {
+        file: file.path().display().to_string(),
+        saving: file.saves(),
+        every_s: config.every.as_secs(),
+        ..Default::default()
+    };
     match file.restore_into(store) {
-        Ok(Some(r)) => tracing::info!(
-            path = %file.path().display(),
-            services = r.services,
-            events = r.events,
-            bytes = r.bytes,
-            age_s = store.now().saturating_sub(r.saved_at),
-            "history restored"
-        ),
+        Ok(Some(r)) => {
+            tracing::info!(
+                path = %file.path().display(),
+                services = r.services,
+                events = r.events,
+                bytes = r.bytes,
+                age_s = store.now().saturating_sub(r.saved_at),
+                "history restored"
+            );
+            status.restored_from = Some(r.saved_at);
+        }
         Ok(None) => tracing::debug!(path = %file.path().display(), "no saved history"),
-        Err(e) => tracing::warn!(error = %e, "saved history not restored; starting empty"),
+        Err(e) => {
+            tracing::warn!(error = %e, "saved history not restored; starting empty");
+            status.last_error = Some(e.to_string());
+        }
     }
+    store.health_mut().history = Some(status);
     if !file.saves() {
         tracing::info!(path = %file.path().display(), "another bpfsight saves this history; this one only read it");
         return None;
@@ -264,15 +277,29 @@ impl Saver {
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
         let spawned = std::thread::Builder::new().name("bpfsight-history".into()).spawn(move || {
-            let save = || match file.save_shared(&store) {
-                Ok(Some(s)) => tracing::debug!(
-                    bytes = s.bytes,
-                    encode_ms = s.encode_ms,
-                    total_ms = s.total_ms,
-                    "history saved"
-                ),
-                Ok(None) => {}
-                Err(e) => tracing::warn!(error = %e, "history not saved"),
+            let save = || {
+                let outcome = file.save_shared(&store);
+                let Ok(mut store) = store.write() else { return };
+                let now = store.now();
+                let Some(status) = store.health_mut().history.as_mut() else { return };
+                match outcome {
+                    Ok(Some(s)) => {
+                        tracing::debug!(
+                            bytes = s.bytes,
+                            encode_ms = s.encode_ms,
+                            total_ms = s.total_ms,
+                            "history saved"
+                        );
+                        status.last_saved_at = Some(now);
+                        status.last_save_bytes = s.bytes as u64;
+                        status.last_error = None;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "history not saved");
+                        status.last_error = Some(e.to_string());
+                    }
+                }
             };
             let mut next = std::time::Instant::now() + every;
             while !stop2.load(Ordering::Relaxed) {

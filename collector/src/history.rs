@@ -120,6 +120,25 @@ pub struct SaveStats {
     pub total_ms: f64,
 }
 
+/// How history is being kept, for `bpfsight://health`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct HistoryStatus {
+    /// The history file.
+    pub file: String,
+    /// Whether this process saves it (false: another bpfsight does, this one only read it).
+    pub saving: bool,
+    /// Seconds between saves.
+    pub every_s: u64,
+    /// Unix second of the save restored at start, if one was.
+    pub restored_from: Option<u64>,
+    /// Unix second of this process's last successful save.
+    pub last_saved_at: Option<u64>,
+    /// Size of that save, bytes.
+    pub last_save_bytes: u64,
+    /// Why the last save or the restore failed, if it did.
+    pub last_error: Option<String>,
+}
+
 /// The history file of one source in a data directory.
 pub struct HistoryFile {
     path: PathBuf,

@@ -730,6 +730,10 @@ pub struct Health {
     /// restored; never read back from a recording (it holds no data from before it started).
     #[serde(default, skip_deserializing, skip_serializing_if = "Vec::is_empty")]
     pub earlier_runs: Vec<Watched>,
+    /// Where history is kept across restarts and how the last save went; absent when it is not
+    /// kept (`--keep-history off`, a recording).
+    #[serde(default, skip_deserializing, skip_serializing_if = "Option::is_none")]
+    pub history: Option<crate::history::HistoryStatus>,
     /// Signals this kernel cannot give (a hook missing or a record laid out differently), and
     /// why. Empty on a kernel with every hook.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -229,8 +229,39 @@ pub fn router(server: BpfsightServer, cfg: &HttpConfig) -> Router {
         .layer(middleware::from_fn_with_state(gate_state, gate))
 }
 
-/// Serves until `shutdown` resolves.
+/// How long open connections get to finish after a shutdown signal. A client's event stream
+/// (a streamable-HTTP GET, a legacy SSE stream) never finishes by itself: waiting for it would
+/// hang until the service manager's SIGKILL, which loses the history's last save.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// Serves until `shutdown` resolves, then gives open requests [`SHUTDOWN_GRACE`] to finish.
 pub async fn serve(
+    server: BpfsightServer,
+    cfg: HttpConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let (stopping_tx, stopping) = tokio::sync::oneshot::channel::<()>();
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stopping_tx.send(());
+    };
+    let grace_over = async move {
+        if stopping.await.is_ok() {
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        r = serve_until(server, cfg, shutdown) => r,
+        () = grace_over => {
+            tracing::info!(grace_s = SHUTDOWN_GRACE.as_secs(), "closing the connections still open");
+            Ok(())
+        }
+    }
+}
+
+async fn serve_until(
     server: BpfsightServer,
     cfg: HttpConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,

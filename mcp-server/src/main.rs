@@ -416,6 +416,9 @@ fn main() -> ExitCode {
         Command::Record(a) => rt.block_on(record(a)),
         Command::Eval(EvalCommand::Nab(a)) => eval_nab(a),
     };
+    // Everything worth finishing (the history's last save) is done by now. A stdin read still
+    // blocked in a runtime thread (a signal stopped a stdio server) must not keep the process.
+    rt.shutdown_timeout(Duration::from_millis(200));
     match outcome {
         Ok(code) => code,
         Err(e) => {
@@ -711,9 +714,11 @@ async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
                 running.waiting().await.context("MCP session")?;
                 anyhow::Ok(())
             };
+            // A signal that came during start-up wins over whatever stdin did meanwhile.
             tokio::select! {
-                r = session => r?,
+                biased;
                 () = shutdown => {}
+                r = session => r?,
             }
         }
     }

@@ -149,6 +149,15 @@ impl Exporter {
                 "# HELP bpfsight_collector_last_poll_timestamp_seconds Last kernel map poll.\n# TYPE bpfsight_collector_last_poll_timestamp_seconds gauge\nbpfsight_collector_last_poll_timestamp_seconds {}",
                 h.last_poll
             );
+            // An alert on this going stale catches a data directory that stopped taking saves.
+            if let Some(last) = h.history.as_ref().and_then(|s| s.last_saved_at) {
+                let _ = writeln!(
+                    o,
+                    "# HELP bpfsight_history_last_save_timestamp_seconds Last save of the history kept across restarts.
+# TYPE bpfsight_history_last_save_timestamp_seconds gauge
+bpfsight_history_last_save_timestamp_seconds {last}"
+                );
+            }
         }
         o += "# HELP bpfsight_bpf_program_run_seconds_total In-kernel run time per program (counted while kernel.bpf_stats_enabled=1).\n# TYPE bpfsight_bpf_program_run_seconds_total counter\n";
         let progs = self.programs.get();
