@@ -28,6 +28,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 use std::time::Instant;
@@ -293,7 +294,11 @@ impl HistoryFile {
     fn write(&self, file: &[u8]) -> Result<(), HistoryError> {
         let tmp = self.path.with_extension("bin.tmp");
         let io = |cause| HistoryError::Io { path: tmp.clone(), cause };
-        let mut f = File::create(&tmp).map_err(io)?;
+        // Owner-only: command lines can carry secrets (answers redact them; the file cannot).
+        // A temporary file left by a crash may predate that: start it afresh.
+        let _ = std::fs::remove_file(&tmp);
+        let mut f =
+            File::options().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(io)?;
         f.write_all(file).map_err(io)?;
         f.sync_all().map_err(io)?;
         std::fs::rename(&tmp, &self.path).map_err(io)?;
@@ -459,6 +464,8 @@ mod tests {
         let file = HistoryFile::open(&dir.0, "ebpf").unwrap();
         let stats = file.save(&old).unwrap().expect("this process saves");
         assert!(stats.bytes > HEADER_LEN);
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(file.path()).unwrap().permissions().mode() & 0o777, 0o600);
         drop(file);
 
         // Restarted 60 s later.

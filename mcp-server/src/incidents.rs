@@ -83,13 +83,25 @@ impl SimilarReport {
     /// A short text for clients that show text.
     pub fn summary(&self) -> String {
         let Some(best) = self.matches.first() else { return "no similar incidents".into() };
+        // A score that rounds to 0.00 shares nothing with the query: naming it as a match
+        // would send the reader after an unrelated fix.
+        let similar = |score: f32| score >= 0.005;
+        if !similar(best.score) {
+            return format!("nothing similar (the closest, {}, scores {:.2})", best.id, best.score);
+        }
         let mut s = format!("closest: {} ({}, score {:.2})", best.title, best.id, best.score);
         if !best.matched_on.is_empty() {
             s += &format!(", matched on {}", best.matched_on.join(", "));
         }
         s += &format!(". Fix: {}", best.resolution);
-        let rest: Vec<String> =
-            self.matches.iter().skip(1).take(3).map(|m| format!("{} ({:.2})", m.id, m.score)).collect();
+        let rest: Vec<String> = self
+            .matches
+            .iter()
+            .skip(1)
+            .filter(|m| similar(m.score))
+            .take(3)
+            .map(|m| format!("{} ({:.2})", m.id, m.score))
+            .collect();
         if !rest.is_empty() {
             s += &format!(" Also: {}", rest.join(", "));
         }

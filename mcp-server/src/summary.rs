@@ -200,11 +200,20 @@ pub(crate) fn events(p: &EventPage) -> String {
 
 /// One line on a prediction: the verdict, the main contributor, the first forecast crossing.
 pub fn prediction(p: &crate::predict::Prediction) -> String {
-    let verdict = if p.is_anomaly { "ANOMALY" } else { "normal" };
+    // Without a threshold yet (the first seconds) a score below it says nothing.
+    let verdict = match (p.is_anomaly, p.threshold) {
+        (true, _) => "ANOMALY",
+        (false, Some(_)) => "normal",
+        (false, None) => "not judged yet",
+    };
     let threshold = p.threshold.map_or_else(|| "calibrating".to_string(), |t| format!("{t:.1}"));
     let mut out = format!(
-        "{}: {verdict} by {} (score {:.1}, threshold {threshold}; model {:?}, {} s seen)",
-        p.service, p.detector, p.score, p.model.state, p.model.samples
+        "{}: {verdict} by {} (score {:.1}, threshold {threshold}; model {}, {} s seen)",
+        p.service,
+        p.detector,
+        p.score,
+        p.model.state.as_str(),
+        p.model.samples
     );
     if let Some(c) = p.contributors.first() {
         out.push_str(&format!(

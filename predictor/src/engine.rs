@@ -77,6 +77,18 @@ pub enum ModelState {
     Failed,
 }
 
+impl ModelState {
+    /// The wire name (`collecting`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelState::Collecting => "collecting",
+            ModelState::Training => "training",
+            ModelState::Trained => "trained",
+            ModelState::Failed => "failed",
+        }
+    }
+}
+
 /// The model's state as a tool reports it.
 #[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct ModelStatus {
@@ -560,6 +572,10 @@ impl Engine {
             let mut list = known.join(", ");
             if more > 0 {
                 list.push_str(&format!(" and {more} more"));
+            }
+            if list.is_empty() {
+                // Just started (or restarted: history from before a restart is not sampled).
+                list = "none yet, the first sample comes within a second of start".into();
             }
             EngineError::UnknownScope(scope.to_string(), list)
         })
