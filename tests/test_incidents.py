@@ -136,6 +136,23 @@ def test_failed_opens_point_to_the_fix_their_errno_calls_for(tmp_path):
     run_with_server(body)
 
 
+def test_a_heavy_writer_matches_io_patterns(tmp_path):
+    # Block IO bytes were not a live symptom: a service writing tens of MB/s matched whatever
+    # faint run-queue delay it had, as "CPU steal" at 0.9.
+    async def body(s):
+        w = Workload("fsync", "inc-writer", 0, seconds=4, size=1 << 20, dir="/var/tmp")
+        await anyio.to_thread.run_sync(w.wait)
+        await settle()
+        sim = await call(s, "similar_incidents", {"service": "inc-writer", "window": "1m", "top_k": 3})
+        counts = sim["query"]["signature_summary"]["counts"]
+        assert counts["io_bytes_per_s"] > 10e6, counts
+        assert sim["query"]["signature_summary"]["measured"]["io_throughput"] >= 1, sim["query"]
+        best = sim["matches"][0]
+        assert "io_throughput" in best["matched_on"] and "io" in best["tags"], sim["matches"]
+
+    run_with_server(body)
+
+
 def test_over_http_a_read_token_cannot_record_and_a_write_token_can(tmp_path):
     server = HttpServer(tmp_path, extra=("--write-tools", "--data-dir", str(tmp_path / "data")))
     try:

@@ -599,5 +599,10 @@ mod tests {
             saved.encode_ms,
         );
         assert_eq!(back.slot_count(), s.slot_count());
+        // To measure a server restoring it: BENCH_HISTORY_KEEP=DIR keeps the file there.
+        if let Some(keep) = std::env::var_os("BENCH_HISTORY_KEEP") {
+            std::fs::create_dir_all(&keep).unwrap();
+            std::fs::copy(file.path(), Path::new(&keep).join("history-ebpf.bin")).unwrap();
+        }
     }
 }

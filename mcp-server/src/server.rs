@@ -416,9 +416,10 @@ trained_at, val_error, ...}}.",
     #[tool(
         description = "Have we seen this before? Finds the past incidents and known failure patterns closest to \
 what is happening now, with their root cause and the fix that worked. Give `service` to match its live kernel \
-symptoms over `window` (retransmits, failed connects, resets, connection churn), `description` to match words \
-(\"clients time out connecting to the database\"), or both (fused). With neither, the whole host's symptoms are \
-used. Returns {query: {signature_summary: {scope, measured, unmeasured, counts}, text}, matches: [{id, title, \
+symptoms over `window` (retransmits, failed connects, resets, connection churn, latencies, CPU, IO, failed \
+syscalls, OOM kills, crashes), `description` to match words (\"clients time out connecting to the database\"), \
+or both (fused). With neither, the whole host's symptoms are used. Symptoms are matched only when one is at \
+least noticeable (1 on the 0..5 scale). Returns {query: {signature_summary: {scope, measured, unmeasured, counts}, text}, matches: [{id, title, \
 score (-1..1, higher is closer), signature_score, text_score, matched_on (shared symptoms, and description), \
 root_cause, resolution, tags, source (seeded pattern or recorded here)}]}. get_incident gives the full record.",
         input_schema = schema_for_type::<SimilarIncidentsArgs>(),
@@ -442,13 +443,21 @@ root_cause, resolution, tags, source (seeded pattern or recorded here)}]}. get_i
             Some(d) => Some(casebase.embedder().embed(d).await.map_err(|e| casebase_error(e.into()))?),
             None => None,
         };
-        if description.is_none() && symptoms.as_ref().is_some_and(|(s, _)| s.is_zero()) {
-            let scope = symptoms.as_ref().map_or("host", |(_, s)| s.scope.as_str());
+        let noticeable = symptoms.as_ref().is_some_and(|(_, s)| s.noticeable());
+        if description.is_none()
+            && !noticeable
+            && let Some((_, seen)) = &symptoms
+        {
+            let strongest = match seen.strongest() {
+                Some((f, v)) if v > 0.0 => format!(" (the strongest, {f}, is at {v:.2}; 1 is noticeable)"),
+                _ => String::new(),
+            };
             return Err(ErrorData::invalid_params(
                 format!(
-                    "{scope} shows no abnormal symptoms in the last {}s, so there is nothing to match; \
-                     add a description of the problem, or widen the window",
-                    window.secs()
+                    "{} shows no abnormal symptoms in {}{strongest}, so there is nothing to match; add a \
+                     description of the problem, or widen the window",
+                    seen.scope,
+                    summary::span(seen.window_s, seen.observed_s)
                 ),
                 None,
             ));
@@ -462,7 +471,8 @@ root_cause, resolution, tags, source (seeded pattern or recorded here)}]}. get_i
             }),
         };
         let q = Query {
-            signature: symptoms.as_ref().map(|(s, _)| s).filter(|s| !s.is_zero()),
+            // Symptoms below noticeable would steer a text search by their shape alone.
+            signature: symptoms.as_ref().map(|(s, _)| s).filter(|_| noticeable),
             text: text.as_deref(),
             top_k,
             filter,

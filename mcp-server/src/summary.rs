@@ -15,7 +15,7 @@ pub(crate) fn noting_unavailable(mut text: String, unavailable: &[String]) -> St
 /// "the last 300s", or "the 7s watched of the last 300s" while bpfsight (or the recording) has
 /// run for less than the window or was down for part of it, so that a reader of the text knows
 /// what the rates are over.
-fn span(window_s: u64, observed_s: u64) -> String {
+pub(crate) fn span(window_s: u64, observed_s: u64) -> String {
     if observed_s < window_s {
         format!("the {observed_s}s watched of the last {window_s}s")
     } else {

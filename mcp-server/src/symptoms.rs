@@ -28,6 +28,7 @@ pub const MEASURED: &[Feature] = &[
     Feature::RunqueueDelay,
     Feature::CpuUsage,
     Feature::IoLatency,
+    Feature::IoThroughput,
     Feature::SyscallErrorsNetwork,
     Feature::SyscallErrorsMissing,
     Feature::SyscallErrorsDenied,
@@ -51,6 +52,11 @@ const DENIED_ERRNOS: &[u32] = &[13, 1];
 const IO_ERRNOS: &[u32] = &[5, 6, 30];
 /// Errnos of exhausted resources: EMFILE, ENFILE, ENOMEM, ENOSPC, EADDRNOTAVAIL, EDQUOT.
 const RESOURCE_ERRNOS: &[u32] = &[24, 23, 12, 28, 99, 122];
+
+/// The severity from which a symptom is noticeable (the schema's 1): below it everywhere, a
+/// signature has no shape worth matching (cosine similarity ignores magnitude, so a run-queue
+/// p99 a hair over its lower bound would match "CPU steal" at 0.9).
+pub const NOTICEABLE: f32 = 1.0;
 
 /// What a live signature was made of, for the caller to check.
 #[derive(Clone, Debug, Serialize)]
@@ -91,6 +97,8 @@ pub struct Counts {
     pub runqueue_p99_ms: Option<f64>,
     /// Block IO latency p99, ms.
     pub io_p99_ms: Option<f64>,
+    /// Block IO bytes read and written per second watched.
+    pub io_bytes_per_s: f64,
     /// TCP handshake p99, ms.
     pub connect_p99_ms: Option<f64>,
     /// On-CPU time as a share of one CPU, percent.
@@ -164,6 +172,7 @@ pub fn live(
     c.io_p99_ms = h.io_lat.percentile_ms(99.0);
     c.connect_p99_ms = h.connect.percentile_ms(99.0);
     c.cpu_pct = 100.0 * h.oncpu_ns as f64 / (secs * 1e9);
+    c.io_bytes_per_s = (h.io.read_bytes + h.io.write_bytes) as f64 / secs;
     for &(nr, errno, n) in &h.syscall_errors {
         // A timed futex wait that times out is ETIMEDOUT too, and not a network error.
         if bpfsight_collector::names::is_benign(nr, errno) {
@@ -204,6 +213,9 @@ pub fn live(
     sig.set(Feature::RunqueueDelay, latency(c.runqueue_p99_ms, 2.0, 500.0, h.runq.count));
     sig.set(Feature::IoLatency, latency(c.io_p99_ms, 20.0, 2_000.0, h.io_lat.count));
     sig.set(Feature::CpuUsage, severity(c.cpu_pct, 80.0, 800.0));
+    // 10 MB/s sustained is more than most services ever move, 1 GB/s saturates a fast SSD.
+    // (A drop in IO, which some patterns have, needs a baseline: it reads 0 here.)
+    sig.set(Feature::IoThroughput, severity(c.io_bytes_per_s, 10e6, 1e9));
     sig.set(
         Feature::ContextSwitches,
         severity((h.vol_switches + h.invol_switches) as f64 / secs, 5_000.0, 500_000.0),
@@ -244,9 +256,38 @@ pub fn live(
     Ok((sig, summary))
 }
 
+impl SignatureSummary {
+    /// The strongest measured symptom and its severity.
+    pub fn strongest(&self) -> Option<(&'static str, f32)> {
+        self.measured.iter().map(|(k, v)| (*k, *v)).max_by(|a, b| a.1.total_cmp(&b.1))
+    }
+
+    /// Whether any symptom reaches [`NOTICEABLE`].
+    pub fn noticeable(&self) -> bool {
+        self.strongest().is_some_and(|(_, v)| v >= NOTICEABLE)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::severity;
+
+    #[test]
+    fn a_signature_below_noticeable_everywhere_is_not_matched() {
+        let summary = |values: &[(&'static str, f32)]| super::SignatureSummary {
+            scope: "svc".into(),
+            window_s: 60,
+            observed_s: 60,
+            measured: values.iter().copied().collect(),
+            unmeasured: vec![],
+            counts: Default::default(),
+        };
+        let faint = summary(&[("runqueue_delay", 0.19), ("cpu_usage", 0.0)]);
+        assert_eq!(faint.strongest(), Some(("runqueue_delay", 0.19)));
+        assert!(!faint.noticeable());
+        assert!(summary(&[("runqueue_delay", 0.19), ("io_throughput", 2.0)]).noticeable());
+        assert!(!summary(&[]).noticeable());
+    }
 
     #[test]
     fn severity_scale() {
