@@ -118,3 +118,24 @@ pub(crate) fn missing_caps() -> String {
         format!("{} (or root)", missing.join(" and "))
     }
 }
+
+/// A file of bpfsight's own (a recording, saved history) that could not be written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    /// The file or its directory could not be created, written or read.
+    #[error("{path}: {cause}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        cause: std::io::Error,
+    },
+    /// The file is not one this build can read here.
+    #[error("{path}: {reason}")]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}

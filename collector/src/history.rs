@@ -48,25 +48,7 @@ const MAGIC: &[u8; 16] = b"BPFSIGHT-HISTORY";
 const HEADER_LEN: usize = 16 + 4 + 8 + 4;
 
 /// Why history could not be saved or restored.
-#[derive(Debug, thiserror::Error)]
-pub enum HistoryError {
-    /// The file or its directory could not be read or written.
-    #[error("{path}: {cause}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        cause: std::io::Error,
-    },
-    /// The file is not history this build can restore here.
-    #[error("{path}: {reason}")]
-    Format {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        reason: String,
-    },
-}
+pub type HistoryError = crate::error::FileError;
 
 /// The body as written: borrowed from the store, so a save copies nothing but the bytes.
 #[derive(Serialize)]

@@ -31,25 +31,7 @@ use crate::tcp::{Peer, TcpCounters};
 pub const VERSION: u32 = 1;
 
 /// Why a recording could not be written or read.
-#[derive(Debug, thiserror::Error)]
-pub enum JournalError {
-    /// The file could not be created, written or read.
-    #[error("{path}: {cause}")]
-    Io {
-        /// The recording.
-        path: PathBuf,
-        /// The cause.
-        cause: std::io::Error,
-    },
-    /// The file is not a bpfsight recording of a version this build reads.
-    #[error("{path}: {reason}")]
-    Format {
-        /// The recording.
-        path: PathBuf,
-        /// What is wrong.
-        reason: String,
-    },
-}
+pub type JournalError = crate::error::FileError;
 
 #[derive(Serialize, Deserialize)]
 struct Header {
