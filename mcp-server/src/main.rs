@@ -785,7 +785,7 @@ async fn record(a: RecordArgs) -> anyhow::Result<ExitCode> {
     tracing::info!(path = %a.out.display(), duration = %duration, "recording");
     tokio::select! {
         _ = tokio::time::sleep(Duration::from_secs(duration.secs()) + Duration::from_millis(1100)) => {}
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; keeping what was recorded"),
+        () = shutdown_signal() => tracing::info!("keeping what was recorded"),
     }
     drop(collector);
     eprintln!("recorded to {}; serve it with --source replay:{}", a.out.display(), a.out.display());

@@ -23,6 +23,21 @@ pub(crate) fn span(window_s: u64, observed_s: u64) -> String {
     }
 }
 
+/// "585 B/s", "4.6 kB/s", "58.6 MB/s": a reader should not count the digits of 58582528.
+fn byte_rate(b: f64) -> String {
+    if b < 999.5 {
+        return format!("{b:.0} B/s");
+    }
+    let (v, unit) = if b < 999.5e3 {
+        (b / 1e3, "kB/s")
+    } else if b < 999.5e6 {
+        (b / 1e6, "MB/s")
+    } else {
+        (b / 1e9, "GB/s")
+    };
+    format!("{v:.1} {unit}")
+}
+
 /// "1 service", "2 services".
 fn count(n: usize, noun: &str) -> String {
     if n == 1 { format!("1 {noun}") } else { format!("{n} {noun}s") }
@@ -175,7 +190,11 @@ pub(crate) fn resources(r: &ResourceUsage) -> String {
         }
     }
     if let Some(io) = &r.io {
-        let mut s = format!("IO {} B/s read, {} B/s written", io.read_bytes_per_s, io.write_bytes_per_s);
+        let mut s = format!(
+            "IO {} read, {} written",
+            byte_rate(io.read_bytes_per_s),
+            byte_rate(io.write_bytes_per_s)
+        );
         if let Some(l) = &io.latency {
             s += &format!(", p99 {} ms", l.p99_ms);
         }
@@ -233,4 +252,17 @@ pub fn prediction(p: &crate::predict::Prediction) -> String {
         out.push_str(&format!("; service {} is anomalous", s.service));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn byte_rates_read_at_a_glance() {
+        let r = super::byte_rate;
+        assert_eq!((r(0.0), r(585.143), r(999.6)), ("0 B/s".into(), "585 B/s".into(), "1.0 kB/s".into()));
+        assert_eq!(
+            (r(59904.0), r(58_582_528.0), r(2.5e9)),
+            ("59.9 kB/s".into(), "58.6 MB/s".into(), "2.5 GB/s".into())
+        );
+    }
 }
